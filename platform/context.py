@@ -1,0 +1,224 @@
+"""What a worker sees of the platform: its inputs, a work dir, metric logging, progress, checkpoints.
+
+Workers get a `RunContext` and return `WorkerOutputs`; they never open a database session. The
+executor builds the context with callbacks into the store; `local_context` builds one for tests and
+for running a worker by hand (e.g. on a GPU box without the platform's database).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from .errors import JobCancelled, JobTimeout
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class InputArtifact:
+    """A consumed artifact, materialised at a local path whose digest was verified."""
+
+    digest: str
+    kind: str
+    path: Path
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OutputArtifact:
+    """A file or directory a worker produced; the platform content-addresses and registers it."""
+
+    path: Path
+    kind: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    name: str | None = None
+
+
+@dataclass
+class WorkerOutputs:
+    """What `run(spec, ctx)` returns: named artifacts and headline metrics."""
+
+    artifacts: dict[str, OutputArtifact] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Worker(Protocol):
+    """The shape of a job-kind module: `bitsmith.workers.<kind>.run`."""
+
+    def run(self, spec: Any, ctx: "RunContext") -> WorkerOutputs: ...
+
+
+MetricSink = Callable[[list[tuple[str, int | None, float]]], None]
+CheckpointSink = Callable[[Path, int, dict[str, Any]], None]
+
+
+@dataclass
+class RunContext:
+    """The small object a worker receives. Build one with `local_context` outside the platform."""
+
+    run_id: str
+    seed: int
+    work_dir: Path
+    inputs: dict[str, InputArtifact]
+    metric_sink: MetricSink
+    checkpoint_sink: CheckpointSink | None = None
+    resume_checkpoint: Path | None = None
+    resume_step: int | None = None
+    deadline: float | None = None
+    should_cancel: Callable[[], bool] = lambda: False
+    attempt: int = 1
+    cpus: float = 1.0
+    _metric_buffer: list[tuple[str, int | None, float]] = field(default_factory=list)
+    _last_flush: float = field(default_factory=time.monotonic)
+
+    # -- inputs ---------------------------------------------------------------------------------
+    def input(self, name: str) -> InputArtifact:
+        try:
+            return self.inputs[name]
+        except KeyError:
+            raise KeyError(f"input {name!r} not given to run {self.run_id}; have {sorted(self.inputs)}") from None
+
+    def output_path(self, name: str) -> Path:
+        """A fresh path under the work dir for an output file or directory."""
+        path = self.work_dir / "outputs" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    # -- metrics --------------------------------------------------------------------------------
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Record metrics (buffered, flushed in batches and at the end of the run)."""
+        self.check_alive()
+        for key, value in metrics.items():
+            self._metric_buffer.append((key, step, float(value)))
+        if len(self._metric_buffer) >= 256 or time.monotonic() - self._last_flush > 2.0:
+            self.flush_metrics()
+
+    def flush_metrics(self) -> None:
+        if self._metric_buffer:
+            batch, self._metric_buffer = self._metric_buffer, []
+            self.metric_sink(batch)
+        self._last_flush = time.monotonic()
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def save_checkpoint(self, path: Path, step: int, metadata: dict[str, Any] | None = None) -> None:
+        """Store a checkpoint directory as an artifact so a retried or resubmitted run resumes from it."""
+        self.flush_metrics()
+        if self.checkpoint_sink is not None:
+            self.checkpoint_sink(Path(path), step, dict(metadata or {}))
+
+    # -- liveness, progress, randomness ---------------------------------------------------------
+    def check_alive(self) -> None:
+        """Raise if the run was cancelled or ran past its timeout (called by progress and metrics)."""
+        if self.deadline is not None and time.time() > self.deadline:
+            raise JobTimeout(f"run {self.run_id}: ran past its timeout_s")
+        if self.should_cancel():
+            raise JobCancelled(f"run {self.run_id}: cancelled")
+
+    def progress(self, iterable: Iterable[T] | None = None, total: int | None = None,
+                 desc: str = "") -> Iterator[T] | "Progress":
+        """A progress bar on stderr (which is the run's log). Iterate it, or call `.update(n)`."""
+        bar = Progress(self, total=total if total is not None else _len_or_none(iterable), desc=desc)
+        return bar.wrap(iterable) if iterable is not None else bar
+
+    def seed_everything(self, offset: int = 0) -> int:
+        """Seed Python, NumPy and torch from the run's seed; returns the seed used."""
+        seed = self.seed + offset
+        random.seed(seed)
+        try:
+            import numpy as np
+
+            np.random.seed(seed % 2**32)
+        except ImportError:
+            pass
+        import torch
+
+        torch.manual_seed(seed)
+        return seed
+
+
+def _len_or_none(iterable: Iterable[Any] | None) -> int | None:
+    try:
+        return len(iterable)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+class Progress:
+    """A tqdm bar on stderr that also checks cancellation and timeout on every update."""
+
+    def __init__(self, ctx: RunContext, total: int | None, desc: str):
+        from tqdm.auto import tqdm
+
+        self.ctx = ctx
+        self.bar = tqdm(total=total, desc=desc, file=sys.stderr, mininterval=1.0,
+                        disable=os.environ.get("BITSMITH_NO_PROGRESS") == "1", dynamic_ncols=True)
+
+    def update(self, n: int = 1, **postfix: Any) -> None:
+        self.ctx.check_alive()
+        if postfix:
+            self.bar.set_postfix(postfix, refresh=False)
+        self.bar.update(n)
+
+    def wrap(self, iterable: Iterable[T]) -> Iterator[T]:
+        try:
+            for item in iterable:
+                yield item
+                self.update(1)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.bar.close()
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+@dataclass
+class LocalRunRecorder:
+    """Collects what a `local_context` run logs (for tests and runs outside the platform)."""
+
+    metrics: list[tuple[str, int | None, float]] = field(default_factory=list)
+    checkpoints: list[tuple[Path, int, dict[str, Any]]] = field(default_factory=list)
+
+    def metric(self, key: str) -> list[float]:
+        return [v for k, _, v in self.metrics if k == key]
+
+
+def local_context(work_dir: str | Path, inputs: dict[str, str | Path | InputArtifact] | None = None,
+                  seed: int = 0, run_id: str = "local", resume_checkpoint: Path | None = None,
+                  resume_step: int | None = None, cpus: float = 1.0,
+                  ) -> tuple[RunContext, LocalRunRecorder]:
+    """A context that keeps metrics and checkpoints in memory; inputs are local paths."""
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    recorder = LocalRunRecorder()
+    resolved: dict[str, InputArtifact] = {}
+    for name, value in (inputs or {}).items():
+        if isinstance(value, InputArtifact):
+            resolved[name] = value
+        else:
+            from .digests import digest_path, read_artifact_meta
+
+            path = Path(value)
+            resolved[name] = InputArtifact(digest=digest_path(path), kind=read_artifact_meta(path).get("kind", "file"),
+                                           path=path, metadata=read_artifact_meta(path))
+
+    def keep_checkpoint(path: Path, step: int, meta: dict[str, Any]) -> None:
+        recorder.checkpoints.append((path, step, meta))
+
+    ctx = RunContext(run_id=run_id, seed=seed, work_dir=work_dir, inputs=resolved,
+                     metric_sink=recorder.metrics.extend, checkpoint_sink=keep_checkpoint,
+                     resume_checkpoint=resume_checkpoint, resume_step=resume_step, cpus=cpus)
+    return ctx, recorder

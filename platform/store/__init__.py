@@ -1,0 +1,1 @@
+"""Metadata store: SQLAlchemy 2 schema, Alembic migrations run from code, frozen records."""

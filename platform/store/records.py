@@ -1,0 +1,103 @@
+"""Frozen records the store hands out (never ORM rows), and the run status vocabulary."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+RUN_STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+TERMINAL_STATUSES = frozenset({SUCCEEDED, FAILED, CANCELLED})
+# Allowed transitions; anything else is a bug (or a race lost to another writer).
+TRANSITIONS: dict[str, frozenset[str]] = {
+    QUEUED: frozenset({RUNNING, SUCCEEDED, FAILED, CANCELLED}),
+    RUNNING: frozenset({RUNNING, QUEUED, SUCCEEDED, FAILED, CANCELLED}),  # RUNNING->RUNNING: retry attempt
+    SUCCEEDED: frozenset(),
+    FAILED: frozenset({QUEUED}),  # a failed run may be re-queued (resubmitted)
+    CANCELLED: frozenset(),
+}
+
+
+def new_id() -> str:
+    """A 26-hex-digit id that sorts by creation time (12 digits of ms clock + 14 random)."""
+    return f"{int(time.time() * 1000):012x}{os.urandom(7).hex()}"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: str
+    kind: str
+    name: str | None
+    status: str
+    spec: dict[str, Any]              # the fully resolved spec (inputs as sha256:DIGEST)
+    spec_hash: str
+    cache_key: str
+    seed: int
+    code_version: dict[str, Any]      # {"package": "0.1.0", "commit": "...", "dirty_hash": "..."|None}
+    environment: dict[str, Any]       # filled when the run starts: versions, device, dtype, flags
+    tags: tuple[str, ...]
+    executor: str | None
+    host: str | None
+    pid: int | None
+    attempt: int
+    max_retries: int
+    cache_hit_of: str | None
+    sweep_id: str | None
+    cancel_requested: bool
+    error: str | None
+    traceback: str | None
+    log_path: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ArtifactRecord:
+    digest: str                       # sha256 hex of the file, or of a directory's manifest
+    kind: str                         # model | quantized-model | dataset | report | checkpoint | ...
+    name: str | None
+    uri: str                          # where the bytes live (under the artifact root)
+    size_bytes: int
+    is_dir: bool
+    metadata: dict[str, Any]
+    producer_run_id: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class RunArtifactEdge:
+    run_id: str
+    digest: str
+    role: str                         # the input/output name, e.g. "model", "corpus", "report"
+    direction: str                    # "input" | "output"
+
+
+@dataclass(frozen=True)
+class MetricRecord:
+    run_id: str
+    key: str
+    step: int | None
+    value: float
+
+
+@dataclass(frozen=True)
+class RunEventRecord:
+    run_id: str
+    at: datetime
+    from_status: str | None
+    to_status: str
+    attempt: int
+    message: str | None
+
+
+@dataclass(frozen=True)
+class SweepRecord:
+    id: str
+    name: str | None
+    spec: dict[str, Any]
+    status: str
+    created_at: datetime
+    run_ids: tuple[str, ...] = field(default_factory=tuple)
