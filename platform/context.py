@@ -118,7 +118,7 @@ class RunContext:
     def check_alive(self) -> None:
         """Raise if the run was cancelled or ran past its timeout (called by progress and metrics)."""
         if self.deadline is not None and time.time() > self.deadline:
-            raise JobTimeout(f"run {self.run_id}: ran past its timeout_s")
+            raise JobTimeout(f"run {self.run_id}: timed out (ran past its timeout_s)")
         if self.should_cancel():
             raise JobCancelled(f"run {self.run_id}: cancelled")
 

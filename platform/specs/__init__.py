@@ -16,19 +16,20 @@ from pydantic import Field, TypeAdapter, ValidationError
 from ..errors import SpecError
 from .common import ArtifactRef, JobSpecBase, Resources, StrictModel
 from .eval import EvalSpec
+from .noop import NoopSpec
 from .quantize import QuantizeSpec
 from .rl import RLSpec
 from .search import SearchSpec
 from .train import TrainSpec
 
 JobSpec = Annotated[
-    Union[QuantizeSpec, SearchSpec, EvalSpec, RLSpec, TrainSpec], Field(discriminator="kind")
+    Union[QuantizeSpec, SearchSpec, EvalSpec, RLSpec, TrainSpec, NoopSpec], Field(discriminator="kind")
 ]
-JOB_KINDS: tuple[str, ...] = ("quantize", "search", "eval", "rl", "train")
+JOB_KINDS: tuple[str, ...] = ("quantize", "search", "eval", "rl", "train", "noop")
 _ADAPTER: TypeAdapter[JobSpecBase] = TypeAdapter(JobSpec)
 
 __all__ = [
-    "ArtifactRef", "JobSpec", "JobSpecBase", "JOB_KINDS", "Resources", "StrictModel",
+    "ArtifactRef", "EvalSpec", "JobSpec", "NoopSpec", "QuantizeSpec", "RLSpec", "SearchSpec", "TrainSpec", "JobSpecBase", "JOB_KINDS", "Resources", "StrictModel",
     "apply_overrides", "canonical_json", "load_spec", "parse_spec", "read_spec_file",
     "semantic_json", "spec_hash",
 ]
@@ -99,12 +100,14 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown field; check the spelling against the spec reference (bitsmith spec-schema)"
-        elif err["type"] == "union_tag_invalid":
-            msg = f"unknown job kind {err.get('input', {}).get('kind')!r}; expected one of {', '.join(JOB_KINDS)}"
-            loc = "kind"
-        elif err["type"] == "union_tag_not_found":
-            msg = f"missing `kind`; expected one of {', '.join(JOB_KINDS)}"
-            loc = "kind"
+        elif err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            ctx = err.get("ctx", {})
+            tag_field = str(ctx.get("discriminator", "'kind'")).strip("'")
+            expected = ctx.get("expected_tags") or ", ".join(JOB_KINDS)
+            where = "" if loc == "(top level)" else loc + "."
+            loc = where + tag_field
+            msg = (f"unknown value {ctx.get('tag')!r}; expected one of {expected}" if err["type"] == "union_tag_invalid"
+                   else f"missing; expected one of {expected}")
         got = err.get("input")
         shown = "" if err["type"].startswith(("union_tag", "missing")) or isinstance(got, dict) else f"; got {got!r}"
         lines.append(f"{source}: {loc}: {msg}{shown}")

@@ -75,6 +75,7 @@ class TrainSpec(JobSpecBase):
     checkpoint_every_steps: int = Field(200, ge=1)
     eval_every_steps: int = Field(100, ge=1)
     eval_batches: int = Field(8, ge=1, description="held-out batches per evaluation")
+    log_every_steps: int = Field(10, ge=1, description="train/* metrics are logged every this many steps")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: the job's cpus)")
 
     @model_validator(mode="after")
@@ -83,4 +84,6 @@ class TrainSpec(JobSpecBase):
             raise ValueError("inputs.corpus is required for mode.type=pretrain (a text dataset artifact)")
         if self.mode.type == "sft" and (self.inputs.data is None or self.inputs.model is None):
             raise ValueError("inputs.data and inputs.model are required for mode.type=sft")
+        if self.mode.type == "pretrain" and self.seq_len > self.mode.arch.max_seq_len:
+            raise ValueError(f"seq_len {self.seq_len} exceeds mode.arch.max_seq_len {self.mode.arch.max_seq_len}")
         return self

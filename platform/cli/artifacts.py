@@ -1,0 +1,110 @@
+"""`bitsmith artifacts list|show|get|find`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .common import emit_json, fmt_bytes, fmt_time, info, json_option, open_db, settings_from, short, stdout_console
+
+
+@click.group()
+def artifacts() -> None:
+    """Content-addressed artifacts (REF: digest prefix, name, or run:RUN_ID/ROLE)."""
+
+
+def _table(records: list) -> None:
+    from rich.table import Table
+
+    t = Table()
+    for col in ("digest", "kind", "name", "size", "producer", "created", "meta"):
+        t.add_column(col, no_wrap=col not in ("name", "meta"), overflow="fold")
+    for a in records:
+        meta = ", ".join(f"{k}={v}" for k, v in list(a.metadata.items())[:4]
+                         if isinstance(v, (int, float, str)) and len(str(v)) < 30)
+        t.add_row(short(a.digest, 12), a.kind, a.name or "", fmt_bytes(a.size_bytes),
+                  short(a.producer_run_id, 10) or "import", fmt_time(a.created_at), meta)
+    stdout_console().print(t)
+
+
+@artifacts.command("list")
+@click.option("--kind", default=None)
+@click.option("--name", default=None)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100000))
+@json_option
+@click.pass_context
+def list_artifacts(ctx: click.Context, kind: str | None, name: str | None, limit: int, as_json: bool) -> None:
+    """Newest artifacts first."""
+    from .. import store
+
+    records = store.list_artifacts(open_db(ctx), kind=kind, name=name, limit=limit)
+    if as_json:
+        emit_json(records)
+    else:
+        _table(records)
+
+
+@artifacts.command("find")
+@click.option("--kind", default=None)
+@click.option("--where", "where", multiple=True, metavar="EXPR",
+              help="e.g. 'meta.bits<=3', 'meta.method==gptq', 'size_bytes>1000000' (repeatable, all must hold)")
+@json_option
+@click.pass_context
+def find_artifacts(ctx: click.Context, kind: str | None, where: tuple[str, ...], as_json: bool) -> None:
+    """Artifacts whose kind and metadata match every --where expression (evaluated in SQL)."""
+    from .. import store
+
+    records = store.find_artifacts(open_db(ctx), kind=kind, where=list(where))
+    if as_json:
+        emit_json(records)
+    else:
+        _table(records)
+
+
+@artifacts.command("show")
+@click.argument("ref")
+@click.option("--verify", is_flag=True, help="re-hash the stored bytes and check the digest")
+@json_option
+@click.pass_context
+def show_artifact(ctx: click.Context, ref: str, verify: bool, as_json: bool) -> None:
+    """One artifact: metadata, producer, consumers (and optionally a digest check)."""
+    import json
+
+    from .. import store
+    from ..artifacts import materialize
+
+    db = open_db(ctx)
+    a = store.resolve_artifact_ref(db, ref)
+    consumers = store.artifact_consumers(db, a.digest)
+    if verify:
+        s = settings_from(ctx)
+        materialize(s.artifact_root, a.digest, s.home / "cache", verify=True)
+        info(f"verified: stored bytes hash to {a.digest[:12]}")
+    if as_json:
+        emit_json({"artifact": a, "consumers": consumers})
+        return
+    con = stdout_console()
+    con.print(f"[bold]artifact {a.digest}[/]")
+    for k, v in (("kind", a.kind), ("name", a.name or "-"), ("size", fmt_bytes(a.size_bytes)),
+                 ("directory", str(a.is_dir)), ("uri", a.uri), ("producer", a.producer_run_id or "import"),
+                 ("created", fmt_time(a.created_at)),
+                 ("consumers", ", ".join(f"{short(e.run_id, 10)}({e.role})" for e in consumers) or "-")):
+        con.print(f"  [dim]{k:>10}[/] {v}")
+    con.print("  [dim]  metadata[/] " + json.dumps(a.metadata, indent=2, sort_keys=True).replace("\n", "\n  "))
+
+
+@artifacts.command("get")
+@click.argument("ref")
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.pass_context
+def get_artifact(ctx: click.Context, ref: str, dest: Path) -> None:
+    """Copy an artifact's verified bytes to DEST (a new path)."""
+    from .. import store
+    from ..artifacts import copy_out, materialize
+
+    s = settings_from(ctx)
+    a = store.resolve_artifact_ref(open_db(ctx), ref)
+    src = materialize(s.artifact_root, a.digest, s.home / "cache", verify=True)
+    out = copy_out(src, dest)
+    info(f"copied {a.kind} {a.digest[:12]} to {out}")
+    click.echo(str(out))

@@ -1,0 +1,99 @@
+"""Shared CLI plumbing: settings on the click context, `--json` output, rendering of records."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from datetime import datetime
+from typing import Any, Callable
+
+import click
+
+from ..config import Settings
+
+STATUS_STYLE = {"queued": "yellow", "running": "cyan", "succeeded": "green", "failed": "red", "cancelled": "magenta"}
+
+
+def settings_from(ctx: click.Context) -> Settings:
+    return ctx.find_root().obj["settings"]
+
+
+def open_db(ctx: click.Context) -> Any:
+    from .. import store
+
+    return store.open_database(settings_from(ctx).db_url)
+
+
+def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="machine-readable JSON on stdout")(fn)
+
+
+def to_jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, datetime):
+        return obj.isoformat()
+    return obj
+
+
+def emit_json(obj: Any) -> None:
+    click.echo(json.dumps(to_jsonable(obj), indent=2, sort_keys=True))
+
+
+def stdout_console() -> Any:
+    from rich.console import Console
+
+    return Console(soft_wrap=False, width=max(100, Console().width))
+
+
+def stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def status_text(status: str) -> str:
+    return f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]"
+
+
+def short(s: str | None, n: int = 12) -> str:
+    return (s or "")[:n]
+
+
+def fmt_time(t: datetime | None) -> str:
+    return t.astimezone().strftime("%Y-%m-%d %H:%M:%S") if t else "-"
+
+
+def fmt_duration(run: Any) -> str:
+    if not run.started_at:
+        return "-"
+    end = run.finished_at or datetime.now(run.started_at.tzinfo)
+    s = (end - run.started_at).total_seconds()
+    return f"{s:.1f}s" if s < 120 else f"{s / 60:.1f}m"
+
+
+def fmt_value(v: float) -> str:
+    if v != v:  # NaN
+        return "nan"
+    return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.4e}"
+
+
+def fmt_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def info(msg: str) -> None:
+    """Logs and hints go to stderr; data goes to stdout."""
+    click.echo(msg, err=True)
+
+
+def fail_if_tty_missing() -> bool:
+    return sys.stderr.isatty()

@@ -1,0 +1,48 @@
+"""`bitsmith models import PATH [--gguf FILE]`: register local Hugging Face models."""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import click
+
+from .common import emit_json, info, json_option, open_db, settings_from
+
+
+@click.group()
+def models() -> None:
+    """Model artifacts (Hugging Face directories with safetensors weights)."""
+
+
+@models.command("import")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--gguf", "gguf_file", default=None, help="a GGUF file inside PATH (or PATH itself) to convert")
+@click.option("--name", default=None, help="artifact name (default: the directory or file name)")
+@json_option
+@click.pass_context
+def import_model(ctx: click.Context, path: Path, gguf_file: str | None, name: str | None, as_json: bool) -> None:
+    """Register a model directory; with --gguf, convert GGUF through transformers to safetensors first."""
+    from ..errors import ArtifactError
+    from ..register import register_path
+    from bitsmith.workers.models_import import convert_gguf, describe_hf_model
+
+    settings = settings_from(ctx)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=settings.home, prefix=".model-") as tmp:
+        if gguf_file or path.suffix == ".gguf":
+            gguf_path = path if path.suffix == ".gguf" else path / gguf_file  # type: ignore[operator]
+            info(f"converting {gguf_path} to safetensors (through transformers) ...")
+            src = convert_gguf(gguf_path, Path(tmp) / "model")
+        else:
+            if not path.is_dir():
+                raise ArtifactError(f"{path}: not a directory; expected a Hugging Face model directory "
+                                    "(config.json + *.safetensors), or --gguf FILE")
+            src = path
+        meta = describe_hf_model(src)
+        rec = register_path(open_db(ctx), settings, src, kind="model", name=name or path.stem, metadata=meta)
+    if as_json:
+        emit_json(rec)
+    else:
+        info(f"registered model {rec.name!r}: {json.dumps(meta)}")
+        click.echo(rec.digest)

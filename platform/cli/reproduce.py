@@ -1,0 +1,81 @@
+"""`bitsmith reproduce RUN_ID`: rerun a stored spec on the same inputs and seed, then compare."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .common import emit_json, fmt_value, info, json_option, open_db, settings_from, short, stdout_console
+from .submit import EXECUTOR_CHOICE, execute_and_wait
+
+
+@click.command()
+@click.argument("run_ref")
+@click.option("--executor", type=EXECUTOR_CHOICE, default="ray", show_default=True)
+@click.option("--rel-tol", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="metrics within this relative difference count as equal")
+@json_option
+@click.pass_context
+def reproduce(ctx: click.Context, run_ref: str, executor: str, rel_tol: float, as_json: bool) -> None:
+    """Resubmit RUN_REF's resolved spec (same inputs, same seed, no cache) and report match or drift."""
+    from rich.table import Table
+
+    from .. import store
+    from ..errors import UsageError
+    from ..provenance import code_version
+    from ..reproduce import compare_runs
+    from ..scheduler.submit import record_submission
+    from ..specs import parse_spec
+
+    db = open_db(ctx)
+    original = store.get_run(db, run_ref)
+    if original.cache_hit_of:
+        original = store.get_run(db, original.cache_hit_of)
+    if original.status != "succeeded":
+        raise UsageError(f"reproduce {run_ref}: run {original.id} is {original.status}; expected a succeeded run",
+                         hint="bitsmith runs list --status succeeded")
+    spec = parse_spec(original.spec, source=f"run {original.id} spec")
+    sub = record_submission(db, spec, code=code_version(), executor=executor, no_cache=True)
+    info(f"reproducing run {original.id} as run {sub.run.id} ...")
+    execute_and_wait([sub.run.id], settings_from(ctx), executor)
+    repro = store.get_run(db, sub.run.id)
+
+    def outputs(run_id: str) -> dict[str, tuple[str, str]]:
+        return {e.role: (e.digest, store.get_artifact(db, e.digest).kind) for e in store.run_outputs(db, run_id)
+                if not e.role.startswith("checkpoint/")}
+
+    finals = store.final_metrics(db, [original.id, repro.id])
+    report = compare_runs(original, repro, outputs(original.id), outputs(repro.id),
+                          finals.get(original.id, {}), finals.get(repro.id, {}), rel_tol=rel_tol)
+    if as_json:
+        emit_json({**report.__dict__, "matches": report.matches})
+    else:
+        con = stdout_console()
+        verdict = "[green]MATCH[/]" if report.matches else "[red]DRIFT[/]"
+        con.print(f"{verdict}: run {short(repro.id)} reproduces run {short(original.id)}"
+                  if report.matches else f"{verdict}: run {short(repro.id)} differs from run {short(original.id)}"
+                  f" (status {repro.status})")
+        t = Table(title="outputs", title_justify="left")
+        for c in ("role", "kind", "original", "reproduced", ""):
+            t.add_column(c)
+        for o in report.outputs:
+            mark = "same" if o["same"] else ("differs (volatile: timings)" if o["volatile"] else "[red]DIFFERS[/]")
+            t.add_row(o["role"], o["kind"], short(o["original"]), short(o["reproduced"]), mark)
+        con.print(t)
+        t = Table(title="metrics", title_justify="left")
+        for c in ("metric", "original", "reproduced", "rel diff", ""):
+            t.add_column(c)
+        for m in report.metrics:
+            mark = "same" if m["same"] else ("volatile" if m["volatile"] else "[red]DIFFERS[/]")
+            t.add_row(m["key"], fmt_value(m["original"]) if m["original"] is not None else "-",
+                      fmt_value(m["reproduced"]) if m["reproduced"] is not None else "-",
+                      f"{m['rel_diff']:.2e}" if m["rel_diff"] is not None else "-", mark)
+        con.print(t)
+        if report.environment_diff or report.code_diff:
+            con.print("[bold]differences in environment and code[/] (original -> reproduction):")
+            for k, (a, b) in {**report.code_diff, **report.environment_diff}.items():
+                con.print(f"  {k}: {a} -> {b}")
+        else:
+            con.print("environment and code: identical")
+    if not report.matches:
+        sys.exit(1)

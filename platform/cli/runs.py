@@ -1,0 +1,209 @@
+"""`bitsmith runs list|show|logs|cancel|compare`."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from .common import (emit_json, fmt_duration, fmt_time, fmt_value, info, json_option, open_db, short,
+                     status_text, stdout_console)
+
+# The metric shown in `runs list` for each kind (first one present wins).
+HEADLINE_METRICS = {
+    "train": ("eval/ppl", "eval/loss"),
+    "quantize": ("effective_bits_per_weight", "mean_rel_error"),
+    "eval": ("test/token_ppl", "test/word_ppl", "kl", "mc/acc", "gen/exact_match", "gen/pass@1"),
+    "noop": ("noop/metrics_logged",),
+}
+
+
+@click.group()
+def runs() -> None:
+    """Inspect and control runs (IDs may be given by unique prefix)."""
+
+
+@runs.command("list")
+@click.option("--kind", default=None)
+@click.option("--status", default=None, type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"]))
+@click.option("--tag", default=None)
+@click.option("--sweep", "sweep_id", default=None)
+@click.option("--limit", default=30, show_default=True, type=click.IntRange(1, 100000))
+@json_option
+@click.pass_context
+def list_runs(ctx: click.Context, kind: str | None, status: str | None, tag: str | None, sweep_id: str | None,
+              limit: int, as_json: bool) -> None:
+    """Newest runs first, with each kind's headline metric."""
+    from rich.table import Table
+
+    from .. import store
+
+    db = open_db(ctx)
+    records = store.list_runs(db, kind=kind, status=status, tag=tag, sweep_id=sweep_id, limit=limit)
+    finals = store.final_metrics(db, [r.id for r in records]) if records else {}
+    if as_json:
+        emit_json([{**_run_brief(r), "metrics": finals.get(r.id, {})} for r in records])
+        return
+    table = Table(title=None, show_lines=False)
+    for col in ("id", "kind", "name", "status", "headline", "created", "took", "note"):
+        table.add_column(col, overflow="fold" if col == "name" else "ellipsis", no_wrap=col != "name")
+    for r in records:
+        m = finals.get(r.id, {})
+        headline = next((f"{k}={fmt_value(m[k])}" for k in HEADLINE_METRICS.get(r.kind, ()) if k in m), "")
+        note = f"cache hit of {short(r.cache_hit_of, 10)}" if r.cache_hit_of else (
+            f"attempt {r.attempt}" if r.attempt > 1 else "")
+        table.add_row(short(r.id, 12), r.kind, r.name or "", status_text(r.status), headline,
+                      fmt_time(r.created_at), fmt_duration(r), note)
+    stdout_console().print(table)
+    if not records:
+        info("no runs yet; try: bitsmith submit examples/noop.yaml --wait")
+
+
+def _run_brief(r: object) -> dict:
+    from .common import to_jsonable
+
+    d = to_jsonable(r)
+    d.pop("traceback", None)
+    return d
+
+
+@runs.command("show")
+@click.argument("run_ref")
+@json_option
+@click.pass_context
+def show_run(ctx: click.Context, run_ref: str, as_json: bool) -> None:
+    """Everything recorded about one run: spec, code, environment, inputs, outputs, metrics, events."""
+    import json
+
+    from rich.table import Table
+
+    from .. import store
+
+    db = open_db(ctx)
+    r = store.get_run(db, run_ref)
+    inputs, outputs = store.run_inputs(db, r.id), store.run_outputs(db, r.id)
+    finals = store.final_metrics(db, [r.id]).get(r.id, {})
+    events = store.run_events(db, r.id)
+    if as_json:
+        emit_json({"run": r, "inputs": inputs, "outputs": outputs, "metrics": finals, "events": events})
+        return
+    con = stdout_console()
+    con.print(f"[bold]run {r.id}[/]  {r.kind}  {r.name or ''}  {status_text(r.status)}")
+    rows = [("created", fmt_time(r.created_at)), ("started", fmt_time(r.started_at)),
+            ("finished", fmt_time(r.finished_at)), ("took", fmt_duration(r)), ("attempt", f"{r.attempt} "
+            f"(retries allowed: {r.max_retries})"), ("executor", r.executor or "-"), ("host/pid", f"{r.host}/{r.pid}"),
+            ("seed", str(r.seed)), ("spec hash", r.spec_hash), ("cache key", r.cache_key),
+            ("cache hit of", r.cache_hit_of or "-"), ("code", json.dumps(r.code_version)),
+            ("tags", ", ".join(r.tags) or "-"), ("log", r.log_path or "-")]
+    for k, v in rows:
+        con.print(f"  [dim]{k:>12}[/] {v}")
+    if r.error:
+        con.print(f"  [red]{'error':>12}[/] {r.error}")
+    if r.environment:
+        pk = r.environment.get("packages", {})
+        env_line = ", ".join(f"{k} {v}" for k, v in pk.items() if v)
+        con.print(f"  [dim]{'environment':>12}[/] python {r.environment.get('python')}, {env_line}, "
+                  f"device {r.environment.get('device')}, threads {r.environment.get('torch_threads')}")
+    for title, edges in (("inputs", inputs), ("outputs", outputs)):
+        if edges:
+            t = Table(title=title, title_justify="left")
+            t.add_column("role")
+            t.add_column("digest")
+            for e in edges:
+                t.add_row(e.role, e.digest[:16])
+            con.print(t)
+    if finals:
+        t = Table(title="final metrics", title_justify="left")
+        t.add_column("metric")
+        t.add_column("value", justify="right")
+        for k in sorted(finals):
+            t.add_row(k, fmt_value(finals[k]))
+        con.print(t)
+    con.print("events: " + "  ".join(f"{fmt_time(e.at)} {e.from_status or '∅'}→{e.to_status}"
+                                     + (f" ({e.message})" if e.message else "") for e in events))
+
+
+@runs.command("logs")
+@click.argument("run_ref")
+@click.option("-f", "--follow", is_flag=True, help="keep printing new lines until the run ends")
+@click.pass_context
+def run_logs(ctx: click.Context, run_ref: str, follow: bool) -> None:
+    """Print a run's log (stdout, stderr and log records of every attempt)."""
+    from .. import store
+    from ..errors import NotFoundError
+    from ..scheduler.execute import run_log_path
+    from ..store.records import TERMINAL_STATUSES
+    from .common import settings_from
+
+    db = open_db(ctx)
+    r = store.get_run(db, run_ref)
+    if r.cache_hit_of:
+        info(f"run {r.id} is a cache hit; showing the log of run {r.cache_hit_of}")
+        r = store.get_run(db, r.cache_hit_of)
+    path = Path(r.log_path) if r.log_path else run_log_path(settings_from(ctx), r.id)
+    deadline_missing = time.monotonic() + 30
+    while not path.exists():
+        if not follow or time.monotonic() > deadline_missing:
+            raise NotFoundError(f"run {r.id}: no log at {path}; the run has not started on this machine yet",
+                                hint=f"bitsmith runs show {r.id[:10]}")
+        time.sleep(0.5)
+    with open(path, encoding="utf-8", errors="replace") as f:
+        while True:
+            chunk = f.read()
+            if chunk:
+                click.echo(chunk, nl=False)
+            if not follow:
+                return
+            if store.get_run(db, r.id).status in TERMINAL_STATUSES:
+                click.echo(f.read(), nl=False)
+                return
+            time.sleep(0.5)
+
+
+@runs.command("cancel")
+@click.argument("run_refs", nargs=-1, required=True)
+@click.pass_context
+def cancel_runs(ctx: click.Context, run_refs: tuple[str, ...]) -> None:
+    """Ask runs to stop; a queued run is cancelled at once, a running one within seconds."""
+    from .. import store
+    from ..store.records import CANCELLED, QUEUED, TERMINAL_STATUSES
+
+    db = open_db(ctx)
+    for ref in run_refs:
+        r = store.get_run(db, ref)
+        if r.status in TERMINAL_STATUSES:
+            info(f"run {r.id} already {r.status}")
+            continue
+        store.request_cancel(db, r.id)
+        if r.status == QUEUED:
+            from ..scheduler.execute import utcnow
+
+            store.transition(db, r.id, CANCELLED, message="cancelled by user before start", finished_at=utcnow())
+        info(f"cancel requested for run {r.id}")
+
+
+@runs.command("compare")
+@click.argument("run_refs", nargs=-1, required=True)
+@click.option("--prefix", default=None, help="only metrics whose name starts with this")
+@json_option
+@click.pass_context
+def compare_runs(ctx: click.Context, run_refs: tuple[str, ...], prefix: str | None, as_json: bool) -> None:
+    """Final metrics of several runs side by side."""
+    from rich.table import Table
+
+    from .. import store
+
+    db = open_db(ctx)
+    records = [store.get_run(db, ref) for ref in run_refs]
+    finals = store.final_metrics(db, [r.id for r in records])
+    keys = sorted({k for r in records for k in finals.get(r.id, {}) if not prefix or k.startswith(prefix)})
+    if as_json:
+        emit_json({r.id: {k: finals.get(r.id, {}).get(k) for k in keys} for r in records})
+        return
+    table = Table()
+    table.add_column("metric")
+    for r in records:
+        table.add_column(f"{short(r.id, 10)}\n{r.name or r.kind}", justify="right")
+    for k in keys:
+        table.add_row(k, *[fmt_value(finals[r.id][k]) if k in finals.get(r.id, {}) else "-" for r in records])
+    stdout_console().print(table)

@@ -1,0 +1,118 @@
+"""`bitsmith submit` and `bitsmith spec-schema`."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .common import emit_json, info, json_option, open_db, settings_from
+
+EXECUTOR_CHOICE = click.Choice(["ray", "local"])
+
+
+@click.command()
+@click.argument("spec_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="override a spec field by dotted path, e.g. --set quant.bits=3 (repeatable)")
+@click.option("--wait/--no-wait", default=False, help="run in this process's session and wait for the result")
+@click.option("--executor", type=EXECUTOR_CHOICE, default="ray", show_default=True,
+              help="ray: a Ray task (embedded cluster unless --address); local: in-process, for debugging")
+@click.option("--no-cache", is_flag=True, help="run even if an identical run already succeeded")
+@json_option
+@click.pass_context
+def submit(ctx: click.Context, spec_file: Path, overrides: tuple[str, ...], wait: bool, executor: str,
+           no_cache: bool, as_json: bool) -> None:
+    """Validate SPEC_FILE, record a run and execute it (or reuse a cached identical run)."""
+    from ..provenance import code_version
+    from ..specs import load_spec
+    from ..scheduler.submit import record_submission
+
+    spec = load_spec(spec_file, overrides)  # validated once; nothing is written if this fails
+    settings = settings_from(ctx)
+    db = open_db(ctx)
+    sub = record_submission(db, spec, code=code_version(), executor=executor, no_cache=no_cache)
+    run = sub.run
+    if sub.cache_hit:
+        info(f"cache hit: run {run.id} reuses the outputs of succeeded run {run.cache_hit_of} "
+             f"(same spec, inputs and code; --no-cache to rerun)")
+    elif wait:
+        status = execute_and_wait([run.id], settings, executor)[run.id]
+        if not as_json:
+            info(f"run {run.id} {status}")
+    else:
+        spawn_runner([run.id], settings, executor)
+        info(f"submitted run {run.id} ({run.kind}) to the {executor} executor")
+    result = run_summary(db, run.id)
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(run.id)
+        if result["status"] in ("succeeded",) and result["metrics"]:
+            for key, value in sorted(result["metrics"].items()):
+                info(f"  {key} = {value:.6g}")
+        info(f"next: bitsmith runs show {run.id[:10]}   bitsmith runs logs {run.id[:10]} -f   "
+             f"bitsmith lineage run:{run.id[:10]}")
+    if result["status"] in ("failed", "cancelled"):
+        if result.get("error"):
+            info(f"error: {result['error']}")
+        sys.exit(1)
+
+
+def run_summary(db: Any, run_id: str) -> dict[str, Any]:
+    from .. import store
+
+    run = store.get_run(db, run_id)
+    return {"run_id": run.id, "kind": run.kind, "name": run.name, "status": run.status,
+            "cache_hit": run.cache_hit_of is not None, "cache_hit_of": run.cache_hit_of,
+            "outputs": {e.role: e.digest for e in store.run_outputs(db, run.id)},
+            "metrics": store.final_metrics(db, [run.id]).get(run.id, {}), "error": run.error}
+
+
+def execute_and_wait(run_ids: list[str], settings: Any, executor: str) -> dict[str, str]:
+    """Run in this process (local) or on Ray from this process; stdout stays clean for data (--json)."""
+    import contextlib
+
+    from ..scheduler.ray_executor import EXECUTORS
+
+    with contextlib.redirect_stdout(sys.stderr):
+        try:
+            return EXECUTORS[executor](run_ids, settings)
+        finally:
+            if executor == "ray" and not settings.ray_address:
+                import ray
+
+                ray.shutdown()  # the embedded instance ends with this command; flush its messages now
+
+
+def spawn_runner(run_ids: list[str], settings: Any, executor: str) -> int:
+    """Start a detached runner that owns the runs until they finish; returns its PID."""
+    log_path = settings.runs_dir / run_ids[0] / "runner.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "bitsmith.platform.scheduler.runner", "--executor", executor, *run_ids]
+    if settings.ray_address:
+        cmd[4:4] = ["--address", settings.ray_address]
+    env = {**os.environ, **settings.env(), "BITSMITH_NO_PROGRESS": "1"}
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True)
+    return proc.pid
+
+
+@click.command("spec-schema")
+@click.argument("kind")
+def spec_schema(kind: str) -> None:
+    """Print the JSON schema of KIND's spec (every field, type, default and description)."""
+    from ..errors import UsageError
+    from ..specs import JOB_KINDS, JobSpec  # noqa: F401
+    from .. import specs
+
+    classes = {c.model_fields["kind"].default: c for c in
+               (specs.TrainSpec, specs.QuantizeSpec, specs.EvalSpec, specs.SearchSpec, specs.RLSpec, specs.NoopSpec)}
+    if kind not in classes:
+        raise UsageError(f"spec-schema {kind!r}: unknown job kind; expected one of {', '.join(JOB_KINDS)}")
+    click.echo(json.dumps(classes[kind].model_json_schema(), indent=2))

@@ -1,0 +1,186 @@
+"""The body of one job: claim the run, build its context, call the worker, record what it produced.
+
+The same function runs in-process (local executor) and as a Ray task (ray executor). It is the only
+place where a running job touches the store; the worker itself only sees its `RunContext`.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import sys
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, TextIO
+
+from .. import store
+from ..artifacts import materialize
+from ..config import Settings
+from ..context import InputArtifact, RunContext
+from ..errors import JobCancelled, JobTimeout
+from ..jobs import load_worker
+from ..provenance import environment
+from ..register import register_path
+from ..specs import parse_spec
+from ..store.records import CANCELLED, FAILED, RUNNING, SUCCEEDED, TERMINAL_STATUSES, RunRecord
+
+log = logging.getLogger(__name__)
+CHECKPOINT_ROLE = "checkpoint/step-"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def run_log_path(settings: Settings, run_id: str) -> Path:
+    return settings.runs_dir / run_id / "run.log"
+
+
+def execute_run(run_id: str, settings: Settings) -> str:
+    """Run one queued (or crashed-and-retried) run to a terminal status; returns that status."""
+    db = store.open_database(settings.db_url)
+    run = store.get_run(db, run_id)
+    if run.status in TERMINAL_STATUSES:
+        return run.status
+    if run.cancel_requested:
+        store.transition(db, run_id, CANCELLED, message="cancelled before start", finished_at=utcnow())
+        return CANCELLED
+    attempt = run.attempt + 1
+    log_path = run_log_path(settings, run_id)
+    with _tee_output(log_path):
+        print(f"[bitsmith] run {run_id} ({run.kind}) attempt {attempt} on {socket.gethostname()} pid {os.getpid()}",
+              file=sys.stderr)
+        spec = parse_spec(run.spec, source=f"run {run_id} spec")
+        device = getattr(spec, "device", None)
+        run = store.transition(
+            db, run_id, RUNNING, message=f"attempt {attempt}", attempt=attempt, host=socket.gethostname(),
+            pid=os.getpid(), started_at=utcnow(), log_path=str(log_path), environment=environment(device))
+        try:
+            ctx = _build_context(db, run, spec, settings)
+            worker = load_worker(run.kind)
+            outputs = worker.run(spec, ctx)
+            ctx.flush_metrics()
+            produced = {}
+            for role, out in outputs.artifacts.items():
+                produced[role] = _register_output(db, settings, run, role, out.path, out.kind,
+                                                  out.metadata, out.name, move=True)
+            store.add_run_outputs(db, run_id, produced)
+            if outputs.metrics:
+                store.log_metrics(db, run_id, [(k, None, float(v)) for k, v in outputs.metrics.items()])
+            store.transition(db, run_id, SUCCEEDED, finished_at=utcnow())
+            print(f"[bitsmith] run {run_id} succeeded", file=sys.stderr)
+            return SUCCEEDED
+        except JobCancelled as exc:
+            store.transition(db, run_id, CANCELLED, message=str(exc), finished_at=utcnow())
+            return CANCELLED
+        except BaseException as exc:  # recorded, then the run is failed; nothing is swallowed silently
+            tb = traceback.format_exc()
+            print(tb, file=sys.stderr)
+            reason = "timed out" if isinstance(exc, JobTimeout) else type(exc).__name__
+            store.transition(db, run_id, FAILED, message=reason, error=f"{type(exc).__name__}: {exc}",
+                             traceback=tb, finished_at=utcnow())
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            return FAILED
+
+
+def _build_context(db: Any, run: RunRecord, spec: Any, settings: Settings) -> RunContext:
+    cache_dir = settings.home / "cache"
+    inputs: dict[str, InputArtifact] = {}
+    for edge in store.run_inputs(db, run.id):
+        rec = store.get_artifact(db, edge.digest)
+        path = materialize(settings.artifact_root, rec.digest, cache_dir)
+        inputs[edge.role] = InputArtifact(digest=rec.digest, kind=rec.kind, path=path, metadata=rec.metadata)
+    resume_path, resume_step = _find_resume_checkpoint(db, run, settings)
+    work_dir = settings.runs_dir / run.id / f"attempt-{run.attempt}"
+    work_dir.mkdir(parents=True, exist_ok=True)
+    deadline = time.time() + spec.timeout_s if spec.timeout_s else None
+    last_check = [0.0, False]
+
+    def should_cancel() -> bool:
+        if time.monotonic() - last_check[0] > 2.0:
+            last_check[0] = time.monotonic()
+            last_check[1] = store.get_run(db, run.id).cancel_requested
+        return bool(last_check[1])
+
+    def save_checkpoint(path: Path, step: int, meta: dict[str, Any]) -> None:
+        role = f"{CHECKPOINT_ROLE}{step:09d}"
+        digest = _register_output(db, settings, run, role, path, "checkpoint", {**meta, "step": step}, None, move=False)
+        store.add_run_outputs(db, run.id, {role: digest})
+        print(f"[bitsmith] checkpoint at step {step}: {digest[:12]}", file=sys.stderr)
+
+    def sink(batch: list[tuple[str, int | None, float]]) -> None:
+        store.log_metrics(db, run.id, batch)
+
+    return RunContext(run_id=run.id, seed=spec.seed, work_dir=work_dir, inputs=inputs, metric_sink=sink,
+                      checkpoint_sink=save_checkpoint, resume_checkpoint=resume_path, resume_step=resume_step,
+                      deadline=deadline, should_cancel=should_cancel, attempt=run.attempt, cpus=spec.resources.cpus)
+
+
+def _register_output(db: Any, settings: Settings, run: RunRecord, role: str, path: Path, kind: str,
+                     metadata: dict[str, Any], name: str | None, *, move: bool) -> str:
+    if name is None and run.name and not role.startswith(CHECKPOINT_ROLE):
+        name = f"{run.name}/{role}"
+    return register_path(db, settings, path, kind=kind, name=name, metadata=metadata,
+                         producer_run_id=run.id, move=move).digest
+
+
+def _find_resume_checkpoint(db: Any, run: RunRecord, settings: Settings) -> tuple[Path | None, int | None]:
+    """The newest checkpoint of this run's earlier attempts, else of an earlier failed run with the same key."""
+    candidates = [run] + [r for r in store.list_runs(db, kind=run.kind, limit=200)
+                          if r.cache_key == run.cache_key and r.id != run.id and r.status in (FAILED, CANCELLED)]
+    for candidate in candidates:
+        checkpoints = [e for e in store.run_outputs(db, candidate.id) if e.role.startswith(CHECKPOINT_ROLE)]
+        if checkpoints:
+            best = max(checkpoints, key=lambda e: int(e.role[len(CHECKPOINT_ROLE):]))
+            path = materialize(settings.artifact_root, best.digest, settings.home / "cache")
+            print(f"[bitsmith] resuming from checkpoint {best.digest[:12]} of run {candidate.id} ({best.role})",
+                  file=sys.stderr)
+            return path, int(best.role[len(CHECKPOINT_ROLE):])
+    return None, None
+
+
+class _Tee:
+    def __init__(self, *streams: TextIO):
+        self.streams = streams
+
+    def write(self, data: str) -> int:
+        for s in self.streams:
+            try:
+                s.write(data)
+                s.flush()
+            except (OSError, ValueError):
+                pass
+        return len(data)
+
+    def flush(self) -> None:
+        for s in self.streams:
+            with contextlib.suppress(OSError, ValueError):
+                s.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return self.streams[0].fileno()
+
+
+@contextlib.contextmanager
+def _tee_output(log_path: Path) -> Iterator[None]:
+    """Copy this run's stdout, stderr and log records into its log file (as well as the console)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a", encoding="utf-8", buffering=1) as f:
+        old_out, old_err = sys.stdout, sys.stderr
+        handler = logging.StreamHandler(f)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root = logging.getLogger()
+        root.addHandler(handler)
+        sys.stdout, sys.stderr = _Tee(old_out, f), _Tee(old_err, f)  # type: ignore[assignment]
+        try:
+            yield
+        finally:
+            sys.stdout, sys.stderr = old_out, old_err
+            root.removeHandler(handler)

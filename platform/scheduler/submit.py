@@ -1,0 +1,60 @@
+"""Turn validated specs into run rows: resolve inputs, compute the cache key, record cache hits."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .. import store
+from ..errors import SpecError, NotFoundError
+from ..jobs import check_runnable
+from ..provenance import cache_key
+from ..specs import JobSpecBase, canonical_json, semantic_json, spec_hash
+from ..store.records import QUEUED, SUCCEEDED, RunRecord
+
+
+@dataclass(frozen=True)
+class Submission:
+    run: RunRecord
+    cache_hit: bool
+
+
+def resolve_inputs(db: Any, spec: JobSpecBase) -> dict[str, str]:
+    """Input role -> artifact digest; a reference that matches nothing is a spec error naming the field."""
+    digests: dict[str, str] = {}
+    for role, ref in spec.input_refs().items():
+        raw = ref[len("sha256:"):] if ref.startswith("sha256:") and len(ref) == 71 else ref
+        try:
+            digests[role] = store.resolve_artifact_ref(db, raw if len(raw) == 64 else ref).digest
+        except NotFoundError as exc:
+            field = "inputs." + role.replace(".", "[", 1) + ("]" if "." in role else "")
+            raise SpecError(f"{field}: {exc.message}", hint="bitsmith artifacts list") from None
+    return digests
+
+
+def record_submission(db: Any, spec: JobSpecBase, *, code: dict[str, Any], executor: str, no_cache: bool = False,
+                      sweep_id: str | None = None) -> Submission:
+    """Write the run row (queued), or a succeeded cache-hit row pointing at the original run."""
+    check_runnable(spec.kind)
+    digests = resolve_inputs(db, spec)
+    resolved = spec.with_resolved_inputs(digests)
+    key = cache_key(spec.kind, semantic_json(resolved), digests, code)
+    common = dict(kind=spec.kind, name=spec.name, spec=_json(resolved), spec_hash=spec_hash(resolved),
+                  cache_key=key, seed=spec.seed, code_version=code, tags=list(spec.tags), executor=executor,
+                  max_retries=spec.retries, inputs=digests, sweep_id=sweep_id)
+    if not no_cache:
+        original = store.find_cached_run(db, key)
+        if original is not None:
+            run = store.create_run(db, status=SUCCEEDED, cache_hit_of=original.id, **common)
+            outputs = {e.role: e.digest for e in store.run_outputs(db, original.id)}
+            store.add_run_outputs(db, run.id, outputs)
+            finals = store.final_metrics(db, [original.id]).get(original.id, {})
+            if finals:
+                store.log_metrics(db, run.id, [(k, None, v) for k, v in finals.items()])
+            return Submission(run=store.get_run(db, run.id), cache_hit=True)
+    return Submission(run=store.create_run(db, status=QUEUED, **common), cache_hit=False)
+
+
+def _json(spec: JobSpecBase) -> dict[str, Any]:
+    import json
+
+    return json.loads(canonical_json(spec))

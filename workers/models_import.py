@@ -1,0 +1,62 @@
+"""Bring local models in: check a Hugging Face directory, or convert a GGUF file to safetensors."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from bitsmith.platform.errors import ArtifactError
+
+
+def describe_hf_model(path: Path) -> dict[str, Any]:
+    """Metadata of an HF model directory; refuses directories whose weights are not safetensors."""
+    path = Path(path)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ArtifactError(f"{path}: no config.json; expected a Hugging Face model directory")
+    try:
+        config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{config_file}: not valid JSON ({exc})") from None
+    weights = sorted(p.name for p in path.glob("*.safetensors"))
+    if not weights:
+        pickled = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
+        raise ArtifactError(
+            f"{path}: no *.safetensors weights{' (found pickle files: ' + ', '.join(pickled) + ')' if pickled else ''}; "
+            "expected safetensors (bitsmith never loads pickles from artifacts)",
+            hint="convert once with transformers: model.save_pretrained(dir, safe_serialization=True)")
+    return {
+        "architecture": (config.get("architectures") or [config.get("model_type")])[0],
+        "model_type": config.get("model_type"),
+        "hidden_size": config.get("hidden_size"),
+        "layers": config.get("num_hidden_layers"),
+        "vocab_size": config.get("vocab_size"),
+        "weights": weights,
+        "has_tokenizer": any((path / f).exists() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")),
+        "quantized": "quantization_config" in config,
+    }
+
+
+def convert_gguf(gguf_file: Path, dest: Path) -> Path:
+    """GGUF -> standard HF directory (safetensors + tokenizer), through transformers (needs gguf, accelerate)."""
+    gguf_file = Path(gguf_file)
+    if not gguf_file.is_file():
+        raise ArtifactError(f"{gguf_file}: GGUF file not found")
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise ArtifactError(f"{gguf_file}: converting GGUF needs the `gguf` and `accelerate` packages",
+                            hint="pip install 'bitsmith[gguf]'") from None
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = dest.parent / (dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "artifact.json").write_text(json.dumps({"kind": "model", "source": {"gguf": gguf_file.name}}))
+    tmp.rename(dest)
+    return dest
