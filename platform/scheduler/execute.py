@@ -73,8 +73,11 @@ def execute_run(run_id: str, settings: Settings) -> str:
             store.transition(db, run_id, SUCCEEDED, finished_at=utcnow())
             print(f"[bitsmith] run {run_id} succeeded", file=sys.stderr)
             return SUCCEEDED
-        except JobCancelled as exc:
-            store.transition(db, run_id, CANCELLED, message=str(exc), finished_at=utcnow())
+        except (JobCancelled, KeyboardInterrupt) as exc:
+            message = str(exc) if isinstance(exc, JobCancelled) else "interrupted (KeyboardInterrupt)"
+            store.transition(db, run_id, CANCELLED, message=message, finished_at=utcnow())
+            if isinstance(exc, KeyboardInterrupt):
+                raise
             return CANCELLED
         except BaseException as exc:  # recorded, then the run is failed; nothing is swallowed silently
             tb = traceback.format_exc()
@@ -82,7 +85,7 @@ def execute_run(run_id: str, settings: Settings) -> str:
             reason = "timed out" if isinstance(exc, JobTimeout) else type(exc).__name__
             store.transition(db, run_id, FAILED, message=reason, error=f"{type(exc).__name__}: {exc}",
                              traceback=tb, finished_at=utcnow())
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            if isinstance(exc, SystemExit):
                 raise
             return FAILED
 

@@ -17,14 +17,14 @@ POLL_S = 0.2
 CONTROL_EVERY_S = 2.0
 
 
-def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+def ensure_ray(address: str | None = None, num_cpus: int | None = None, log_to_driver: bool = True) -> None:
     """Join the cluster at `address`, or start an embedded local Ray instance (once per process)."""
     import ray
 
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+    kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=log_to_driver)
     if address:
         ray.init(address=address, **kwargs)
     else:
@@ -53,8 +53,6 @@ def run_on_ray(run_ids: list[str], settings: Settings, *,
                on_finish: Callable[[str, str], None] | None = None) -> dict[str, str]:
     """Dispatch runs as Ray tasks and watch them to the end; returns run id -> final status."""
     import ray
-    from ray.exceptions import GetTimeoutError, TaskCancelledError  # noqa: F401
-
     ensure_ray(settings.ray_address)
     db = store.open_database(settings.db_url)
     remote = ray.remote(execute_run)
@@ -64,8 +62,24 @@ def run_on_ray(run_ids: list[str], settings: Settings, *,
         refs[remote.options(**_task_options(run), name=f"bitsmith:{run.kind}:{run_id[:10]}").remote(run_id, settings)] = run_id
     finals: dict[str, str] = {}
     cancelled_refs: set[Any] = set()
-    last_control = time.monotonic()
     pending = list(refs)
+    try:
+        _watch(db, refs, pending, finals, cancelled_refs, on_finish)
+    except KeyboardInterrupt:  # the submitting process is stopping: don't leave runs "running" forever
+        for ref, run_id in refs.items():
+            if run_id not in finals:
+                ray.cancel(ref, force=True)
+                finish_if_unfinished(db, run_id, CANCELLED, "interrupted: the submitting process was stopped")
+        raise
+    return finals
+
+
+def _watch(db: Any, refs: dict[Any, str], pending: list[Any], finals: dict[str, str], cancelled_refs: set[Any],
+           on_finish: Callable[[str, str], None] | None) -> None:
+    import ray
+    from ray.exceptions import RayTaskError
+
+    last_control = time.monotonic()
     while pending:
         done, pending = ray.wait(pending, num_returns=len(pending), timeout=POLL_S)
         for ref in done:
@@ -77,8 +91,11 @@ def run_on_ray(run_ids: list[str], settings: Settings, *,
                     finals[run_id] = store.get_run(db, run_id).status
                 else:
                     run = store.get_run(db, run_id)
-                    reason = (f"worker process died on attempt {run.attempt} "
-                              f"(retries {run.max_retries} used up): {type(exc).__name__}: {str(exc)[:500]}")
+                    if isinstance(exc, RayTaskError):  # the task body itself raised outside the worker
+                        reason = f"task body raised: {str(exc)[-800:]}"
+                    else:
+                        reason = (f"worker process died on attempt {run.attempt} (retries {run.max_retries} "
+                                  f"used up): {type(exc).__name__}: {str(exc)[:500]}")
                     finish_if_unfinished(db, run_id, FAILED, reason)
                     finals[run_id] = FAILED
             if on_finish:
@@ -98,7 +115,6 @@ def run_on_ray(run_ids: list[str], settings: Settings, *,
                     ray.cancel(ref, force=True)
                     cancelled_refs.add(ref)
                     finish_if_unfinished(db, run.id, FAILED, f"timed out after {timeout_s} s (timeout_s)")
-    return finals
 
 
 def run_locally(run_ids: list[str], settings: Settings, *,

@@ -56,7 +56,7 @@ class KLTask(_TaskBase):
     """Mean per-token KL(reference || model) over `seq_len` chunks of the split."""
 
     type: Literal["kl"] = "kl"
-    split: Split = "calibration"
+    split: Split = Field("calibration", description="calibration by default: the split searches select on")
     seq_len: int = Field(512, ge=2)
     max_chunks: int | None = Field(32, ge=1)
     top_k: int | None = Field(None, ge=1, description="cache only the reference's top-k log-probs (+ a tail bucket)")

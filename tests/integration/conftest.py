@@ -50,3 +50,9 @@ class BitsmithCLI:
 @pytest.fixture
 def cli(tmp_path) -> BitsmithCLI:
     return BitsmithCLI(tmp_path / "home")
+
+
+@pytest.fixture
+def make_cli():
+    """Factory for a CLI with extra environment (e.g. a PostgreSQL BITSMITH_DB_URL)."""
+    return BitsmithCLI

@@ -1,0 +1,199 @@
+"""`bitsmith demo`: the whole platform in a few minutes (data -> train -> quantize -> eval -> report)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .common import fmt_value, info, open_db, settings_from, short, stderr_console, stdout_console
+
+
+def demo_dir() -> Path:
+    from ..provenance import source_root
+
+    return source_root() / "examples" / "demo"
+
+
+@click.command()
+@click.option("--pipeline", "pipeline_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="pipeline YAML (default: examples/demo/pipeline.yaml)")
+@click.option("--executor", type=click.Choice(["ray", "local"]), default="ray", show_default=True)
+@click.option("--no-cache", is_flag=True, help="rerun every step")
+@click.pass_context
+def demo(ctx: click.Context, pipeline_file: Path | None, executor: str, no_cache: bool) -> None:
+    """Build the corpus, pretrain a small LM, quantize it (RTN, GPTQ; 4 and 3 bits), evaluate all."""
+    from ..errors import UsageError
+    from ..pipeline import load_pipeline, run_pipeline
+    from ..scheduler.ray_executor import ensure_ray
+    from .data import builtin as _  # noqa: F401  (same registration path as `bitsmith data builtin`)
+
+    settings = settings_from(ctx)
+    path = pipeline_file or demo_dir() / "pipeline.yaml"
+    if not path.exists():
+        raise UsageError(f"{path}: demo pipeline not found; expected a source checkout with examples/demo/")
+    t0 = time.time()
+    err = stderr_console()
+    err.print(f"[bold]bitsmith demo[/]  store: {settings.db_url}  artifacts: {settings.artifact_root}")
+    err.print("[bold]1/4 data[/]: the built-in corpus (Python's bundled docs), split by content hash")
+    _register_corpus(ctx)
+    stages = load_pipeline(path)
+    if executor == "ray":
+        err.print("starting an embedded local Ray instance ...")
+        ensure_ray(settings.ray_address, log_to_driver=False)
+    watcher = _StageWatcher(settings)
+
+    def on_stage(stage: Any, run_ids: list[str]) -> None:
+        n = stages.index(stage) + 2
+        err.print(f"[bold]{n}/4 {stage.name}[/]: {len(run_ids)} job(s)")
+
+    try:
+        results = run_pipeline(stages, settings, executor=executor, no_cache=no_cache, on_stage=on_stage,
+                               watch=watcher.update)
+    finally:
+        watcher.stop()
+    hits = sum(r.cache_hits for r in results)
+    total = sum(len(r.run_ids) for r in results)
+    _print_results(ctx, results)
+    err.print(f"done in {time.time() - t0:.0f} s; {hits} of {total} jobs were cache hits"
+              + ("" if hits == total else " (run `make demo` again: every step will be one)"))
+
+
+def _register_corpus(ctx: click.Context) -> None:
+    import tempfile
+
+    from bitsmith.workers.data.corpus import build_builtin_corpus
+
+    from ..register import register_path
+
+    settings = settings_from(ctx)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=settings.home, prefix=".data-") as tmp:
+        out = build_builtin_corpus(Path(tmp) / "dataset")
+        rec = register_path(open_db(ctx), settings, out, kind="dataset", name="corpus-pydoc")
+    splits = ", ".join(f"{k} {v.get('records')} docs" for k, v in rec.metadata.get("splits", {}).items())
+    info(f"  corpus-pydoc {short(rec.digest)}: {splits}")
+
+
+class _StageWatcher:
+    """A live table (stderr) of the running stage: status and the latest progress metric per job."""
+
+    def __init__(self, settings: Any):
+        from rich.live import Live
+
+        self.settings = settings
+        self.live = Live(console=stderr_console(), refresh_per_second=2, transient=False)
+        self.started = False
+
+    def update(self, run_ids: list[str]) -> None:
+        from rich.table import Table
+
+        from .. import store
+        from .common import fmt_duration, status_text
+
+        db = store.open_database(self.settings.db_url)
+        table = Table(box=None, pad_edge=False)
+        for col in ("run", "name", "status", "took", "latest"):
+            table.add_column(col)
+        for run_id in run_ids:
+            r = store.get_run(db, run_id)
+            latest = ""
+            metrics = store.get_metrics(db, run_id)
+            stepped = [m for m in metrics if m.step is not None and not m.key.startswith("rel_error/")]
+            if stepped:
+                last_step = max(m.step for m in stepped)
+                shown = [m for m in stepped if m.step == last_step][:3]
+                latest = f"step {last_step}: " + ", ".join(f"{m.key}={fmt_value(m.value)}" for m in shown)
+            note = " (cache hit)" if r.cache_hit_of else ""
+            table.add_row(short(r.id, 10), r.name or "", status_text(r.status) + note, fmt_duration(r), latest)
+        if not self.started:
+            self.live.start()
+            self.started = True
+        self.live.update(table)
+
+    def stop(self) -> None:
+        if self.started:
+            self.live.stop()
+            self.started = False
+
+
+def _print_results(ctx: click.Context, results: list[Any]) -> None:
+    from rich.table import Table
+
+    from .. import lineage as render
+    from .. import store
+
+    db = open_db(ctx)
+    evals = [rid for r in results if r.name == "eval" for rid in r.run_ids]
+    finals = store.final_metrics(db, evals)
+    rows = []
+    for rid in evals:
+        run = store.get_run(db, rid)
+        model_edge = next(e for e in store.run_inputs(db, rid) if e.role == "model")
+        model = store.get_artifact(db, model_edge.digest)
+        m = finals.get(rid, {})
+        rows.append({"name": run.name, "model": model, "ppl": m.get("test/token_ppl"), "kl": m.get("kl"),
+                     "method": model.metadata.get("method", "fp32"), "bits": model.metadata.get("bits"),
+                     "eff": model.metadata.get("effective_bits_per_weight", 32.0), "run": rid})
+    fp = next((r for r in rows if r["method"] == "fp32"), None)
+    table = Table(title="demo results: held-out token perplexity (pydoc test split) and KL to the fp32 model")
+    for col in ("model", "method", "bits", "bits/weight (effective)", "token ppl", "Δ ppl vs fp32", "KL to fp32"):
+        table.add_column(col, justify="right" if col not in ("model", "method") else "left")
+    for r in rows:
+        delta = f"{100 * (r['ppl'] / fp['ppl'] - 1):+.2f}%" if fp and r["ppl"] and fp["ppl"] else "-"
+        table.add_row(r["model"].name or short(r["model"].digest), r["method"], str(r["bits"] or 32),
+                      f"{r['eff']:.3f}", fmt_value(r["ppl"]) if r["ppl"] else "-", delta,
+                      f"{r['kl']:.5f}" if r["kl"] is not None else "-")
+    con = stdout_console()
+    con.print(table)
+    worst = next((r for r in rows if r["name"] == "demo-eval-gptq3"), rows[-1] if rows else None)
+    if worst:
+        report = next((e for e in store.run_outputs(db, worst["run"]) if e.role == "report"), None)
+        if report:
+            graph = store.lineage(db, digest=report.digest, direction="up")
+            con.print("\n[bold]lineage[/] of the GPTQ 3-bit evaluation report (bitsmith lineage "
+                      f"{short(report.digest)}):")
+            con.print(render.render_tree(graph, ("artifact", report.digest), down=False))
+    plot = _plot_quality_vs_bits(ctx, rows)
+    train = next((rid for r in results if r.name == "train" for rid in r.run_ids), None)
+    curve = next((e for e in store.run_outputs(db, train) if e.role == "curve"), None) if train else None
+    s = settings_from(ctx)
+    info("\nplots:")
+    if curve:
+        info(f"  training curve:      {store.get_artifact(db, curve.digest).uri}")
+    if plot:
+        info(f"  quality vs bits:     {plot}")
+    info("next: bitsmith runs list   bitsmith artifacts list   bitsmith runs compare "
+         + " ".join(short(r['run'], 8) for r in rows[:3]))
+    _ = s
+
+
+def _plot_quality_vs_bits(ctx: click.Context, rows: list[dict[str, Any]]) -> Path | None:
+    if not rows or any(r["ppl"] is None for r in rows):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = settings_from(ctx).home / "demo" / "quality_vs_bits.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, marker in (("rtn", "o"), ("gptq", "s")):
+        pts = sorted((r["eff"], r["ppl"]) for r in rows if r["method"] == method)
+        if pts:
+            ax.plot(*zip(*pts), marker=marker, label=method.upper())
+    fp = [r for r in rows if r["method"] == "fp32"]
+    if fp:
+        ax.axhline(fp[0]["ppl"], color="gray", linestyle="--", label="fp32")
+    ax.set_xlabel("effective bits per weight (codes + scales + zeros)")
+    ax.set_ylabel("held-out token perplexity")
+    ax.set_title("demo: quality vs bits")
+    ax.legend()
+    fig.tight_layout()
+    tmp = out.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(out)
+    return out

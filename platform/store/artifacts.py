@@ -1,0 +1,215 @@
+"""Artifact rows (metadata only; bytes live under the artifact root): register, resolve refs, query."""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import Connection, ColumnElement, Row, and_, case, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from ..errors import NotFoundError, UsageError
+from .engine import Database, write
+from .records import ArtifactRecord, RunArtifactEdge
+from .runs import resolve_run_id
+from .schema import artifacts_t, run_inputs_t, run_outputs_t, utcnow
+
+_HEX = re.compile(r"^[0-9a-f]+$")
+MIN_PREFIX = 6
+REF_FORMS = ("sha256:HEX, a digest prefix (at least 6 hex digits), an artifact name, or run:RUN_ID/ROLE")
+_WHERE = re.compile(r"^\s*(meta(?:\.[A-Za-z0-9_\-]+)+|size_bytes|kind|name)\s*(<=|>=|==|!=|<|>)\s*(.*?)\s*$")
+WHERE_FORM = "FIELD OP VALUE with FIELD meta.KEY[.SUBKEY], size_bytes, kind or name and OP one of <= >= < > == !="
+
+
+def artifact_from_row(row: Row) -> ArtifactRecord:
+    m = row._mapping
+    return ArtifactRecord(digest=m["digest"], kind=m["kind"], name=m["name"], uri=m["uri"],
+                          size_bytes=m["size_bytes"], is_dir=bool(m["is_dir"]), metadata=m["metadata"] or {},
+                          producer_run_id=m["producer_run_id"], created_at=m["created_at"])
+
+
+def register_artifact(db: Database, *, digest: str, kind: str, name: str | None, uri: str, size_bytes: int,
+                      is_dir: bool = False, metadata: dict[str, Any] | None = None,
+                      producer_run_id: str | None = None) -> ArtifactRecord:
+    """Insert the artifact row for `digest`, or return the existing one (idempotent, race-free)."""
+    digest = digest.removeprefix("sha256:").lower()
+    if len(digest) != 64 or not _HEX.match(digest):
+        raise UsageError(f"register_artifact: digest {digest!r}; expected 64 lowercase hex digits (sha256)")
+    values = {"digest": digest, "kind": kind, "name": name, "uri": uri, "size_bytes": int(size_bytes),
+              "is_dir": bool(is_dir), "metadata": metadata or {}, "producer_run_id": producer_run_id,
+              "created_at": utcnow()}
+    dialect_insert = sqlite_insert if db.is_sqlite else pg_insert
+
+    def body(conn: Connection) -> ArtifactRecord:
+        conn.execute(dialect_insert(artifacts_t).values(values).on_conflict_do_nothing(index_elements=["digest"]))
+        return artifact_from_row(conn.execute(select(artifacts_t).where(artifacts_t.c.digest == digest)).one())
+
+    return write(db, body)
+
+
+def _not_found(ref: str, why: str = "no artifact with that digest prefix or name") -> NotFoundError:
+    return NotFoundError(f"artifact ref {ref!r}: {why}; expected {REF_FORMS}", hint="bitsmith artifacts list")
+
+
+def _by_prefix(conn: Connection, ref: str, prefix: str) -> ArtifactRecord | None:
+    rows = conn.execute(select(artifacts_t).where(artifacts_t.c.digest.startswith(prefix))
+                        .order_by(artifacts_t.c.digest).limit(11)).all()
+    if len(rows) > 1:
+        shown = ", ".join(r.digest[:16] for r in rows[:10]) + (", ..." if len(rows) > 10 else "")
+        count = len(rows) if len(rows) <= 10 else "more than 10"
+        raise UsageError(f"artifact ref {ref!r}: digest prefix matches {count} artifacts ({shown}); "
+                         "expected a longer prefix", hint="bitsmith artifacts list")
+    return artifact_from_row(rows[0]) if rows else None
+
+
+def _by_name(conn: Connection, name: str) -> ArtifactRecord | None:
+    row = conn.execute(select(artifacts_t).where(artifacts_t.c.name == name)
+                       .order_by(artifacts_t.c.created_at.desc(), artifacts_t.c.digest).limit(1)).first()
+    return artifact_from_row(row) if row is not None else None
+
+
+def get_artifact(db: Database, digest_or_prefix: str) -> ArtifactRecord:
+    """The artifact with this digest (or unique digest prefix of at least 6 hex digits)."""
+    ref = digest_or_prefix
+    prefix = ref.strip().lower().removeprefix("sha256:")
+    if len(prefix) < MIN_PREFIX or not _HEX.match(prefix):
+        raise _not_found(ref, "not a digest or digest prefix")
+    with db.transaction() as conn:
+        found = _by_prefix(conn, ref, prefix)
+    if found is None:
+        raise _not_found(ref, "no artifact with that digest prefix")
+    return found
+
+
+def resolve_artifact_ref(db: Database, ref: str) -> ArtifactRecord:
+    """Resolve `sha256:HEX`, a digest prefix (>= 6 hex digits), a name (newest wins) or `run:RUN/ROLE`."""
+    text = ref.strip()
+    with db.transaction() as conn:
+        if text.startswith("run:"):
+            run_ref, sep, role = text[4:].partition("/")
+            if not sep or not run_ref or not role:
+                raise UsageError(f"artifact ref {ref!r}: malformed run reference; expected run:RUN_ID/ROLE, "
+                                 "e.g. run:01a2b3/model", hint="bitsmith runs show RUN_ID")
+            run_id = resolve_run_id(conn, run_ref)
+            rows = conn.execute(select(run_outputs_t.c.role, artifacts_t)
+                                .join(artifacts_t, artifacts_t.c.digest == run_outputs_t.c.digest)
+                                .where(run_outputs_t.c.run_id == run_id)).all()
+            for row in rows:
+                if row.role == role:
+                    return artifact_from_row(row)
+            roles = ", ".join(sorted(r.role for r in rows)) or "none yet"
+            raise NotFoundError(f"artifact ref {ref!r}: run {run_id} has no output {role!r}; expected one of its "
+                                f"outputs ({roles})", hint=f"bitsmith runs show {run_id}")
+        if text.startswith("sha256:"):
+            prefix = text[7:].lower()
+            if len(prefix) < MIN_PREFIX or not _HEX.match(prefix):
+                raise _not_found(ref, "not a sha256 digest")
+            found = _by_prefix(conn, ref, prefix)
+            if found is None:
+                raise _not_found(ref, "no artifact with that digest")
+            return found
+        if len(text) >= MIN_PREFIX and _HEX.match(text.lower()):
+            found = _by_prefix(conn, ref, text.lower())
+            if found is not None:
+                return found
+        found = _by_name(conn, text)
+        if found is None:
+            raise _not_found(ref)
+        return found
+
+
+def list_artifacts(db: Database, *, kind: str | None = None, name: str | None = None,
+                   limit: int | None = 100) -> list[ArtifactRecord]:
+    """Artifacts, newest first."""
+    query = select(artifacts_t).order_by(artifacts_t.c.created_at.desc(), artifacts_t.c.digest)
+    if kind is not None:
+        query = query.where(artifacts_t.c.kind == kind)
+    if name is not None:
+        query = query.where(artifacts_t.c.name == name)
+    if limit is not None:
+        query = query.limit(limit)
+    with db.transaction() as conn:
+        return [artifact_from_row(r) for r in conn.execute(query)]
+
+
+def _parse_value(raw: str) -> tuple[str, Any]:
+    """("number", float) | ("bool", bool) | ("string", str)."""
+    if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
+        return "string", raw[1:-1]
+    try:
+        number = float(raw)
+    except ValueError:
+        pass
+    else:
+        if number == number:  # not NaN
+            return "number", number
+    if raw.lower() in ("true", "false"):
+        return "bool", raw.lower() == "true"
+    return "string", raw
+
+
+def _typed_json(db: Database, path: tuple[str, ...], value_type: str) -> ColumnElement:
+    """meta at `path` as a SQL value of `value_type`, NULL where the stored JSON value has another type.
+
+    The guard matters: SQLite orders any text above any number, and PostgreSQL fails a cast of a
+    non-numeric string; both would make `meta.bits < 4` wrong or fatal on mixed metadata.
+    """
+    element = artifacts_t.c["metadata"][path]  # JSON path accessor (json_extract / #>)
+    typed = {"number": element.as_float(), "bool": element.as_boolean(), "string": element.as_string()}[value_type]
+    if db.is_sqlite:
+        json_path = "$" + "".join("." + json.dumps(key) for key in path)
+        kind = func.json_type(artifacts_t.c["metadata"], json_path)
+        wanted = {"number": ("integer", "real"), "bool": ("true", "false"), "string": ("text",)}[value_type]
+    else:
+        kind = func.json_typeof(element)
+        wanted = {"number": ("number",), "bool": ("boolean",), "string": ("string",)}[value_type]
+    return case((kind.in_(wanted), typed), else_=None)
+
+
+_OPS = {"<=": "__le__", ">=": "__ge__", "<": "__lt__", ">": "__gt__", "==": "__eq__", "!=": "__ne__"}
+
+
+def where_clause(db: Database, expression: str) -> ColumnElement[bool]:
+    """SQL for one `FIELD OP VALUE` filter (see WHERE_FORM)."""
+    match = _WHERE.match(expression)
+    if match is None or not match.group(3):
+        raise UsageError(f"--where {expression!r}: malformed filter; expected {WHERE_FORM}, e.g. 'meta.bits<=4'")
+    field, op, raw = match.groups()
+    value_type, value = _parse_value(raw)
+    if field.startswith("meta."):
+        column = _typed_json(db, tuple(field.split(".")[1:]), value_type)
+    elif field == "size_bytes":
+        if value_type != "number":
+            raise UsageError(f"--where {expression!r}: size_bytes compares with a number; got {raw!r}")
+        column = artifacts_t.c.size_bytes
+    else:
+        column, value = artifacts_t.c[field], raw if value_type != "string" else value
+    if value_type == "bool" and op not in ("==", "!="):
+        raise UsageError(f"--where {expression!r}: a boolean compares only with == or !=; expected {WHERE_FORM}")
+    return getattr(column, _OPS[op])(value)
+
+
+def find_artifacts(db: Database, *, kind: str | None = None, where: Iterable[str] = (),
+                   limit: int | None = None) -> list[ArtifactRecord]:
+    """Artifacts matching every `FIELD OP VALUE` filter (evaluated in SQL), newest first."""
+    conditions = [where_clause(db, expression) for expression in where]
+    if kind is not None:
+        conditions.append(artifacts_t.c.kind == kind)
+    query = select(artifacts_t).order_by(artifacts_t.c.created_at.desc(), artifacts_t.c.digest)
+    if conditions:
+        query = query.where(and_(*conditions))
+    if limit is not None:
+        query = query.limit(limit)
+    with db.transaction() as conn:
+        return [artifact_from_row(r) for r in conn.execute(query)]
+
+
+def artifact_consumers(db: Database, digest: str) -> list[RunArtifactEdge]:
+    """The runs that took artifact `digest` as an input."""
+    t = run_inputs_t
+    with db.transaction() as conn:
+        rows = conn.execute(select(t.c.run_id, t.c.digest, t.c.role).where(t.c.digest == digest)
+                            .order_by(t.c.run_id, t.c.role))
+        return [RunArtifactEdge(run_id=r, digest=d, role=role, direction="input") for r, d, role in rows]

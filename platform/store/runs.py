@@ -1,0 +1,282 @@
+"""Run rows: create, look up, list, and change status by atomic compare-and-set (with run events)."""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Row, and_, cast, insert, select, update
+from sqlalchemy import String as SAString
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
+
+from ..errors import BitsmithError, NotFoundError, StoreError, UsageError
+from .engine import Database, read, write
+from .records import (CANCELLED, QUEUED, RUN_STATUSES, RUNNING, SUCCEEDED, TERMINAL_STATUSES, TRANSITIONS,
+                      RunArtifactEdge, RunEventRecord, RunRecord, new_id)
+from .schema import artifacts_t, run_events_t, run_inputs_t, run_outputs_t, runs_t, sweeps_t, utcnow
+
+_HEX = re.compile(r"^[0-9a-f]+$")
+# Columns `transition(**fields)` may set (id, kind, spec, hashes, status and created_at never change).
+UPDATABLE_FIELDS = frozenset({
+    "name", "environment", "tags", "executor", "host", "pid", "attempt", "max_retries", "cache_hit_of",
+    "cancel_requested", "error", "traceback", "log_path", "started_at", "finished_at",
+})
+
+
+class IllegalTransition(StoreError):
+    """A status change that records.TRANSITIONS forbids, or a compare-and-set lost to another writer."""
+
+
+def run_from_row(row: Row | Mapping[str, Any]) -> RunRecord:
+    m = row._mapping if isinstance(row, Row) else row
+    return RunRecord(
+        id=m["id"], kind=m["kind"], name=m["name"], status=m["status"], spec=m["spec"], spec_hash=m["spec_hash"],
+        cache_key=m["cache_key"], seed=m["seed"], code_version=m["code_version"] or {},
+        environment=m["environment"] or {}, tags=tuple(m["tags"] or ()), executor=m["executor"], host=m["host"],
+        pid=m["pid"], attempt=m["attempt"], max_retries=m["max_retries"], cache_hit_of=m["cache_hit_of"],
+        sweep_id=m["sweep_id"], cancel_requested=bool(m["cancel_requested"]), error=m["error"],
+        traceback=m["traceback"], log_path=m["log_path"], created_at=m["created_at"], started_at=m["started_at"],
+        finished_at=m["finished_at"],
+    )
+
+
+def _event(run_id: str, from_status: str | None, to_status: str, attempt: int, message: str | None,
+           at: datetime) -> dict[str, Any]:
+    return {"run_id": run_id, "at": at, "from_status": from_status, "to_status": to_status, "attempt": attempt,
+            "message": message}
+
+
+def create_run(db: Database, *, kind: str, name: str | None, spec: dict[str, Any], spec_hash: str, cache_key: str,
+               seed: int, code_version: dict[str, Any], tags: Iterable[str] = (), executor: str | None = None,
+               max_retries: int = 0, inputs: Mapping[str, str] | None = None, sweep_id: str | None = None,
+               cache_hit_of: str | None = None, status: str = QUEUED, run_id: str | None = None,
+               message: str | None = None) -> RunRecord:
+    """Insert a run, its input edges (role -> digest) and its first run event in one transaction."""
+    if status not in RUN_STATUSES:
+        raise UsageError(f"create_run: status {status!r}; expected one of {', '.join(RUN_STATUSES)}")
+    now = utcnow()
+    values = {
+        "id": run_id or new_id(), "kind": kind, "name": name, "status": status, "spec": spec,
+        "spec_hash": spec_hash, "cache_key": cache_key, "seed": seed, "code_version": code_version,
+        "environment": {}, "tags": list(tags), "executor": executor, "host": None, "pid": None, "attempt": 0,
+        "max_retries": max_retries, "cache_hit_of": cache_hit_of, "sweep_id": sweep_id, "cancel_requested": False,
+        "error": None, "traceback": None, "log_path": None, "created_at": now,
+        "started_at": now if status == RUNNING else None,
+        "finished_at": now if status in TERMINAL_STATUSES else None,
+    }
+    edges = [{"run_id": values["id"], "role": role, "digest": digest} for role, digest in (inputs or {}).items()]
+    event = _event(values["id"], None, status, 0, message or ("cache hit of " + cache_hit_of if cache_hit_of else None),
+                   now)
+
+    def body(conn: Connection) -> None:
+        conn.execute(insert(runs_t), values)
+        if edges:
+            conn.execute(insert(run_inputs_t), edges)
+        conn.execute(insert(run_events_t), event)
+
+    try:
+        write(db, body)
+    except IntegrityError as exc:
+        raise _integrity_error(db, f"run {values['id']}", exc, inputs or {}, sweep_id, cache_hit_of) from None
+    return run_from_row(values)
+
+
+def _integrity_error(db: Database, where: str, exc: IntegrityError, digests: Mapping[str, str],
+                     sweep_id: str | None = None, cache_hit_of: str | None = None) -> BitsmithError:
+    missing = []
+    with db.transaction() as conn:
+        for role, digest in digests.items():
+            if conn.execute(select(artifacts_t.c.digest).where(artifacts_t.c.digest == digest)).first() is None:
+                missing.append(f"{role}={digest}")
+        if sweep_id and conn.execute(select(sweeps_t.c.id).where(sweeps_t.c.id == sweep_id)).first() is None:
+            missing.append(f"sweep {sweep_id}")
+        if cache_hit_of and conn.execute(select(runs_t.c.id).where(runs_t.c.id == cache_hit_of)).first() is None:
+            missing.append(f"run {cache_hit_of}")
+    if missing:
+        return NotFoundError(f"{where}: unknown {', '.join(missing)}; expected registered artifacts "
+                             "(and an existing sweep/run)", hint="bitsmith artifacts list")
+    return StoreError(f"{where}: rejected by the database ({str(exc.orig).splitlines()[0]}); "
+                      "expected a new id and unique roles")
+
+
+def _check_hex(ref: str, what: str) -> str:
+    ref = (ref or "").strip().lower()
+    if not ref or not _HEX.match(ref):
+        raise NotFoundError(f"{what} {ref!r}: not a run id; expected a run id or a unique prefix of one (hex digits)",
+                            hint="bitsmith runs list")
+    return ref
+
+
+def resolve_run_id(conn: Connection, ref: str) -> str:
+    """The full id of the run `ref` (a full id or a unique prefix) names."""
+    ref = _check_hex(ref, "run")
+    ids = [r[0] for r in conn.execute(select(runs_t.c.id).where(runs_t.c.id.startswith(ref, autoescape=True))
+                                      .order_by(runs_t.c.id.desc()).limit(11))]
+    if not ids:
+        raise NotFoundError(f"run {ref!r}: no run with that id or id prefix; expected an id from `bitsmith runs list`",
+                            hint="bitsmith runs list")
+    if len(ids) > 1 and ref not in ids:
+        shown = ", ".join(ids[:10]) + (", ..." if len(ids) > 10 else "")
+        raise UsageError(f"run {ref!r}: prefix matches {len(ids) if len(ids) <= 10 else 'more than 10'} runs "
+                         f"({shown}); expected a longer prefix", hint="bitsmith runs list")
+    return ref if ref in ids else ids[0]
+
+
+def get_run(db: Database, ref: str) -> RunRecord:
+    """The run with id `ref`, or with a unique id prefix `ref`."""
+    def body(conn: Connection) -> RunRecord:
+        row = conn.execute(select(runs_t).where(runs_t.c.id == resolve_run_id(conn, ref))).one()
+        return run_from_row(row)
+    return read(db, body)
+
+
+def list_runs(db: Database, *, kind: str | None = None, status: str | None = None, tag: str | None = None,
+              sweep_id: str | None = None, limit: int | None = 50) -> list[RunRecord]:
+    """Runs, newest first, filtered by kind, status, tag and sweep."""
+    query = select(runs_t).order_by(runs_t.c.created_at.desc(), runs_t.c.id.desc())
+    if kind is not None:
+        query = query.where(runs_t.c.kind == kind)
+    if status is not None:
+        if status not in RUN_STATUSES:
+            raise UsageError(f"status {status!r}: unknown; expected one of {', '.join(RUN_STATUSES)}")
+        query = query.where(runs_t.c.status == status)
+    if tag is not None:  # tags are a JSON list of strings: match the quoted string in its text form
+        query = query.where(cast(runs_t.c.tags, SAString).contains(json.dumps(tag), autoescape=True))
+    if sweep_id is not None:
+        query = query.where(runs_t.c.sweep_id == sweep_id)
+    if limit is not None:
+        query = query.limit(limit)
+    with db.transaction() as conn:
+        return [run_from_row(r) for r in conn.execute(query)]
+
+
+def transition(db: Database, run_id: str, to_status: str, *, message: str | None = None,
+               expected_from: str | Iterable[str] | None = None, **fields: Any) -> RunRecord:
+    """Move run `run_id` to `to_status` (updating `fields`) by compare-and-set, logging a run event.
+
+    Raises `IllegalTransition` (a `StoreError`) when records.TRANSITIONS forbids the change, when the
+    run's status is not in `expected_from`, or when another writer changed the status first.
+    `started_at` / `finished_at` default to now when entering RUNNING / a terminal status; re-queueing
+    clears `finished_at`.
+    """
+    if to_status not in RUN_STATUSES:
+        raise UsageError(f"transition: status {to_status!r}; expected one of {', '.join(RUN_STATUSES)}")
+    unknown = set(fields) - UPDATABLE_FIELDS
+    if unknown:
+        raise UsageError(f"transition: unknown field(s) {', '.join(sorted(unknown))}; expected some of "
+                         f"{', '.join(sorted(UPDATABLE_FIELDS))}")
+    expected = {expected_from} if isinstance(expected_from, str) else set(expected_from or ())
+    if "tags" in fields:
+        fields["tags"] = list(fields["tags"])
+
+    def body(conn: Connection) -> RunRecord:
+        row = conn.execute(select(runs_t.c.status, runs_t.c.attempt, runs_t.c.started_at)
+                           .where(runs_t.c.id == run_id).with_for_update()).first()
+        if row is None:
+            raise NotFoundError(f"run {run_id!r}: no such run; expected an existing run id", hint="bitsmith runs list")
+        current, attempt, started_at = row
+        if expected and current not in expected:
+            raise IllegalTransition(f"run {run_id}: status is {current}; expected {' or '.join(sorted(expected))} "
+                                    f"to move it to {to_status}")
+        if to_status not in TRANSITIONS[current]:
+            allowed = ", ".join(sorted(TRANSITIONS[current])) or "nothing (it is final)"
+            raise IllegalTransition(f"run {run_id}: cannot go from {current} to {to_status}; "
+                                    f"expected one of: {allowed}")
+        now = utcnow()
+        values = dict(fields, status=to_status)
+        if to_status == RUNNING and "started_at" not in values and (started_at is None or current != RUNNING):
+            values["started_at"] = now
+        if to_status in TERMINAL_STATUSES and "finished_at" not in values:
+            values["finished_at"] = now
+        if to_status == QUEUED and "finished_at" not in values:  # re-queued: not finished any more
+            values["finished_at"] = None
+        result = conn.execute(update(runs_t).where(and_(runs_t.c.id == run_id, runs_t.c.status == current))
+                              .values(**values))
+        if result.rowcount != 1:  # another writer moved it between our read and write
+            raise IllegalTransition(f"run {run_id}: status changed concurrently while moving {current} -> "
+                                    f"{to_status}; expected no other writer")
+        conn.execute(insert(run_events_t),
+                     _event(run_id, current, to_status, values.get("attempt", attempt), message, now))
+        return run_from_row(conn.execute(select(runs_t).where(runs_t.c.id == run_id)).one())
+
+    return write(db, body)
+
+
+def request_cancel(db: Database, run_id: str) -> RunRecord:
+    """Ask run `run_id` to stop: a queued run is cancelled at once, a running one gets the flag its
+    executor watches. A finished run is refused with a UsageError."""
+    def body(conn: Connection) -> RunRecord:
+        full_id = resolve_run_id(conn, run_id)
+        row = conn.execute(select(runs_t.c.status, runs_t.c.attempt).where(runs_t.c.id == full_id)
+                           .with_for_update()).one()
+        current, attempt = row
+        if current in TERMINAL_STATUSES:
+            raise UsageError(f"run {full_id}: already {current}; expected a queued or running run to cancel")
+        now = utcnow()
+        values: dict[str, Any] = {"cancel_requested": True}
+        if current == QUEUED:
+            values.update(status=CANCELLED, finished_at=now)
+        result = conn.execute(update(runs_t).where(and_(runs_t.c.id == full_id, runs_t.c.status == current))
+                              .values(**values))
+        if result.rowcount != 1:
+            raise IllegalTransition(f"run {full_id}: status changed concurrently while cancelling; expected no "
+                                    "other writer (try again)")
+        conn.execute(insert(run_events_t), _event(full_id, current, values.get("status", current), attempt,
+                                                  "cancel requested", now))
+        return run_from_row(conn.execute(select(runs_t).where(runs_t.c.id == full_id)).one())
+
+    return write(db, body)
+
+
+def find_cached_run(db: Database, cache_key: str) -> RunRecord | None:
+    """The newest succeeded run with `cache_key` that is not itself a cache hit, or None."""
+    query = (select(runs_t).where(runs_t.c.cache_key == cache_key, runs_t.c.status == SUCCEEDED,
+                                  runs_t.c.cache_hit_of.is_(None))
+             .order_by(runs_t.c.created_at.desc(), runs_t.c.id.desc()).limit(1))
+    with db.transaction() as conn:
+        row = conn.execute(query).first()
+    return None if row is None else run_from_row(row)
+
+
+def run_events(db: Database, run_id: str) -> list[RunEventRecord]:
+    """The run's status history, oldest first."""
+    t = run_events_t
+    with db.transaction() as conn:
+        rows = conn.execute(select(t.c.run_id, t.c.at, t.c.from_status, t.c.to_status, t.c.attempt, t.c.message)
+                            .where(t.c.run_id == run_id).order_by(t.c.id))
+        return [RunEventRecord(*r) for r in rows]
+
+
+def add_run_outputs(db: Database, run_id: str, outputs: Mapping[str, str]) -> None:
+    """Record that run `run_id` produced each artifact (role -> digest); the artifacts must be registered.
+
+    Idempotent: a role recorded again (a retried attempt) points at the digest given last.
+    """
+    if not outputs:
+        return
+    edges = [{"run_id": run_id, "role": role, "digest": digest} for role, digest in outputs.items()]
+    upsert = (sqlite_insert if db.is_sqlite else pg_insert)(run_outputs_t)
+    upsert = upsert.on_conflict_do_update(index_elements=["run_id", "role"], set_={"digest": upsert.excluded.digest})
+    try:
+        write(db, lambda conn: conn.execute(upsert, edges))
+    except IntegrityError as exc:
+        raise _integrity_error(db, f"run {run_id} outputs", exc, outputs) from None
+
+
+def _edges(db: Database, table: Any, direction: str, column: str, value: str) -> list[RunArtifactEdge]:
+    with db.transaction() as conn:
+        rows = conn.execute(select(table.c.run_id, table.c.digest, table.c.role)
+                            .where(table.c[column] == value).order_by(table.c.role, table.c.run_id))
+        return [RunArtifactEdge(run_id=r, digest=d, role=role, direction=direction) for r, d, role in rows]
+
+
+def run_inputs(db: Database, run_id: str) -> list[RunArtifactEdge]:
+    return _edges(db, run_inputs_t, "input", "run_id", run_id)
+
+
+def run_outputs(db: Database, run_id: str) -> list[RunArtifactEdge]:
+    return _edges(db, run_outputs_t, "output", "run_id", run_id)

@@ -1,0 +1,168 @@
+"""The store's SQLAlchemy 2 ORM schema (portable across SQLite and PostgreSQL).
+
+Times are stored in UTC (`UTCDateTime` hands back aware datetimes on both databases). JSON columns
+use the generic `JSON` type so the JSON path accessors work the same on both. The Alembic migrations
+in `bitsmith.migrations` create exactly this schema (a test compares them).
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, MetaData,
+                        String, Text)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+ID = String(32)        # records.new_id(): 26 hex digits
+DIGEST = String(64)    # sha256 hex
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """`DateTime(timezone=True)` that always stores UTC and always returns aware UTC datetimes.
+
+    SQLite keeps no zone, so values are stored as naive UTC there and the zone is re-attached on read.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}; expected a timezone-aware (UTC) datetime")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Sweep(Base):
+    __tablename__ = "sweeps"
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    spec: Mapped[dict] = mapped_column(JSON, nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class Run(Base):
+    __tablename__ = "runs"
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), nullable=False, index=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), nullable=False, index=True)
+    spec: Mapped[dict] = mapped_column(JSON, nullable=False)
+    spec_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    cache_key: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
+    seed: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    code_version: Mapped[dict] = mapped_column(JSON, nullable=False)
+    environment: Mapped[dict] = mapped_column(JSON, nullable=False)
+    tags: Mapped[list] = mapped_column(JSON, nullable=False)
+    executor: Mapped[str | None] = mapped_column(String(32))
+    host: Mapped[str | None] = mapped_column(String(255))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False)
+    max_retries: Mapped[int] = mapped_column(Integer, nullable=False)
+    cache_hit_of: Mapped[str | None] = mapped_column(ID, ForeignKey("runs.id", ondelete="SET NULL"))
+    sweep_id: Mapped[str | None] = mapped_column(ID, ForeignKey("sweeps.id", ondelete="SET NULL"), index=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    error: Mapped[str | None] = mapped_column(Text)
+    traceback: Mapped[str | None] = mapped_column(Text)
+    log_path: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Artifact(Base):
+    __tablename__ = "artifacts"
+
+    digest: Mapped[str] = mapped_column(DIGEST, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
+    name: Mapped[str | None] = mapped_column(String(255), index=True)
+    uri: Mapped[str] = mapped_column(Text, nullable=False)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    is_dir: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    # `metadata` is reserved on declarative classes: the attribute is `meta`, the column `metadata`.
+    meta: Mapped[dict] = mapped_column("metadata", JSON, nullable=False)
+    producer_run_id: Mapped[str | None] = mapped_column(ID, ForeignKey("runs.id", ondelete="SET NULL"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, index=True)
+
+
+class RunInput(Base):
+    """Lineage edge: run `run_id` consumed artifact `digest` under `role`."""
+
+    __tablename__ = "run_inputs"
+
+    run_id: Mapped[str] = mapped_column(ID, ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    role: Mapped[str] = mapped_column(String(128), primary_key=True)
+    digest: Mapped[str] = mapped_column(DIGEST, ForeignKey("artifacts.digest"), nullable=False, index=True)
+
+
+class RunOutput(Base):
+    """Lineage edge: run `run_id` produced artifact `digest` under `role`."""
+
+    __tablename__ = "run_outputs"
+
+    run_id: Mapped[str] = mapped_column(ID, ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    role: Mapped[str] = mapped_column(String(128), primary_key=True)
+    digest: Mapped[str] = mapped_column(DIGEST, ForeignKey("artifacts.digest"), nullable=False, index=True)
+
+
+class Metric(Base):
+    __tablename__ = "metrics"
+    __table_args__ = (Index("ix_metrics_run_id_key", "run_id", "key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ID, ForeignKey("runs.id", ondelete="CASCADE"), nullable=False)
+    key: Mapped[str] = mapped_column(String(255), nullable=False)
+    step: Mapped[int | None] = mapped_column(BigInteger)
+    # Nullable because SQLite stores NaN as NULL; the store reads NULL back as NaN.
+    value: Mapped[float | None] = mapped_column(Float)
+    logged_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class RunEvent(Base):
+    """One status change of a run (the run's history)."""
+
+    __tablename__ = "run_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ID, ForeignKey("runs.id", ondelete="CASCADE"), nullable=False, index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    from_status: Mapped[str | None] = mapped_column(String(16))
+    to_status: Mapped[str] = mapped_column(String(16), nullable=False)
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False)
+    message: Mapped[str | None] = mapped_column(Text)
+
+
+runs_t = Run.__table__
+artifacts_t = Artifact.__table__
+run_inputs_t = RunInput.__table__
+run_outputs_t = RunOutput.__table__
+metrics_t = Metric.__table__
+run_events_t = RunEvent.__table__
+sweeps_t = Sweep.__table__
