@@ -1,6 +1,7 @@
 """What makes a result reproducible: the code version, the environment, and the cache key."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -60,13 +61,8 @@ def environment(device: str | None = None) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "host": socket.gethostname(),
-        "packages": {},
+        "packages": dict(_package_versions()),
     }
-    for name in ("torch", "transformers", "ray", "safetensors", "tokenizers", "numpy", "pydantic", "sqlalchemy"):
-        try:
-            env["packages"][name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            env["packages"][name] = None
     try:
         import torch
 
@@ -83,6 +79,18 @@ def environment(device: str | None = None) -> dict[str, Any]:
         env["device"] = device or "cpu"
     env["cpu_count"] = os.cpu_count()
     return env
+
+
+@functools.lru_cache(maxsize=1)
+def _package_versions() -> tuple[tuple[str, str | None], ...]:
+    """Installed versions of the libraries results depend on (fixed for the life of a process)."""
+    out = []
+    for name in ("torch", "transformers", "ray", "safetensors", "tokenizers", "numpy", "pydantic", "sqlalchemy"):
+        try:
+            out.append((name, importlib.metadata.version(name)))
+        except importlib.metadata.PackageNotFoundError:
+            out.append((name, None))
+    return tuple(out)
 
 
 def cache_key(kind: str, semantic_spec_json: str, input_digests: dict[str, str], code: dict[str, Any]) -> str:

@@ -166,7 +166,7 @@ def run_logs(ctx: click.Context, run_ref: str, follow: bool) -> None:
 def cancel_runs(ctx: click.Context, run_refs: tuple[str, ...]) -> None:
     """Ask runs to stop; a queued run is cancelled at once, a running one within seconds."""
     from .. import store
-    from ..store.records import CANCELLED, QUEUED, TERMINAL_STATUSES
+    from ..store.records import CANCELLED, TERMINAL_STATUSES
 
     db = open_db(ctx)
     for ref in run_refs:
@@ -174,12 +174,8 @@ def cancel_runs(ctx: click.Context, run_refs: tuple[str, ...]) -> None:
         if r.status in TERMINAL_STATUSES:
             info(f"run {r.id} already {r.status}")
             continue
-        store.request_cancel(db, r.id)
-        if r.status == QUEUED:
-            from ..scheduler.execute import utcnow
-
-            store.transition(db, r.id, CANCELLED, message="cancelled by user before start", finished_at=utcnow())
-        info(f"cancel requested for run {r.id}")
+        after = store.request_cancel(db, r.id)  # a queued run is cancelled at once
+        info(f"run {r.id} cancelled" if after.status == CANCELLED else f"cancel requested for run {r.id}")
 
 
 @runs.command("compare")

@@ -55,9 +55,14 @@ def execute_run(run_id: str, settings: Settings) -> str:
               file=sys.stderr)
         spec = parse_spec(run.spec, source=f"run {run_id} spec")
         device = getattr(spec, "device", None)
-        run = store.transition(
-            db, run_id, RUNNING, message=f"attempt {attempt}", attempt=attempt, host=socket.gethostname(),
-            pid=os.getpid(), started_at=utcnow(), log_path=str(log_path), environment=environment(device))
+        try:
+            run = store.transition(  # compare-and-set: of two executors claiming one run, one wins
+                db, run_id, RUNNING, expected_from={run.status}, message=f"attempt {attempt}", attempt=attempt,
+                host=socket.gethostname(), pid=os.getpid(), started_at=utcnow(), log_path=str(log_path),
+                environment=environment(device))
+        except store.IllegalTransition as exc:
+            print(f"[bitsmith] run {run_id}: not claimed ({exc}); another executor has it", file=sys.stderr)
+            return store.get_run(db, run_id).status
         try:
             ctx = _build_context(db, run, spec, settings)
             worker = load_worker(run.kind)
@@ -133,8 +138,9 @@ def _register_output(db: Any, settings: Settings, run: RunRecord, role: str, pat
 
 def _find_resume_checkpoint(db: Any, run: RunRecord, settings: Settings) -> tuple[Path | None, int | None]:
     """The newest checkpoint of this run's earlier attempts, else of an earlier failed run with the same key."""
-    candidates = [run] + [r for r in store.list_runs(db, kind=run.kind, limit=200)
-                          if r.cache_key == run.cache_key and r.id != run.id and r.status in (FAILED, CANCELLED)]
+    earlier = [r for r in store.list_runs(db, cache_key=run.cache_key, limit=20)
+               if r.id != run.id and r.status in (FAILED, CANCELLED)]
+    candidates = ([run] if run.attempt > 1 else []) + earlier
     for candidate in candidates:
         checkpoints = [e for e in store.run_outputs(db, candidate.id) if e.role.startswith(CHECKPOINT_ROLE)]
         if checkpoints:

@@ -42,8 +42,11 @@ def register_artifact(db: Database, *, digest: str, kind: str, name: str | None,
               "created_at": utcnow()}
     dialect_insert = sqlite_insert if db.is_sqlite else pg_insert
 
+    statement = dialect_insert(artifacts_t).on_conflict_do_nothing(index_elements=["digest"])
+
     def body(conn: Connection) -> ArtifactRecord:
-        conn.execute(dialect_insert(artifacts_t).values(values).on_conflict_do_nothing(index_elements=["digest"]))
+        if conn.execute(statement, values).rowcount == 1:  # inserted: the row is what we wrote
+            return ArtifactRecord(**values)
         return artifact_from_row(conn.execute(select(artifacts_t).where(artifacts_t.c.digest == digest)).one())
 
     return write(db, body)

@@ -135,8 +135,9 @@ def get_run(db: Database, ref: str) -> RunRecord:
 
 
 def list_runs(db: Database, *, kind: str | None = None, status: str | None = None, tag: str | None = None,
-              sweep_id: str | None = None, limit: int | None = 50) -> list[RunRecord]:
-    """Runs, newest first, filtered by kind, status, tag and sweep."""
+              sweep_id: str | None = None, cache_key: str | None = None,
+              limit: int | None = 50) -> list[RunRecord]:
+    """Runs, newest first, filtered by kind, status, tag, sweep and cache key."""
     query = select(runs_t).order_by(runs_t.c.created_at.desc(), runs_t.c.id.desc())
     if kind is not None:
         query = query.where(runs_t.c.kind == kind)
@@ -148,6 +149,8 @@ def list_runs(db: Database, *, kind: str | None = None, status: str | None = Non
         query = query.where(cast(runs_t.c.tags, SAString).contains(json.dumps(tag), autoescape=True))
     if sweep_id is not None:
         query = query.where(runs_t.c.sweep_id == sweep_id)
+    if cache_key is not None:
+        query = query.where(runs_t.c.cache_key == cache_key)
     if limit is not None:
         query = query.limit(limit)
     with db.transaction() as conn:

@@ -1,0 +1,120 @@
+"""Alembic migrations: one head, the migrated schema equals the ORM metadata, round trips, safe opening."""
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect
+
+from bitsmith.platform.errors import StoreError
+from bitsmith.platform.store import (create_run, current_revision, dispose_engines, downgrade_database, get_run,
+                                     head_revision, open_database, upgrade_database)
+from bitsmith.platform.store.engine import VERSION_TABLE, _alembic_config, engine_for
+from bitsmith.platform.store.schema import Base
+
+TABLES = {"runs", "artifacts", "run_inputs", "run_outputs", "metrics", "sweeps", "run_events"}
+
+
+def schema_diffs(url: str) -> list:
+    with engine_for(url).connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"compare_type": True, "version_table": VERSION_TABLE})
+        return compare_metadata(ctx, Base.metadata)
+
+
+def table_names(url: str) -> set[str]:
+    return set(inspect(engine_for(url)).get_table_names())
+
+
+def test_exactly_one_head():
+    heads = ScriptDirectory.from_config(_alembic_config()).get_heads()
+    assert heads == [head_revision()]
+
+
+def test_migrated_schema_equals_orm_metadata(db_url):
+    assert current_revision(db_url) == head_revision()
+    assert schema_diffs(db_url) == []
+    assert TABLES | {VERSION_TABLE} == table_names(db_url)
+
+
+def _fresh_url(request, tmp_path: Path, backend: str) -> str:
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'rt.db'}"
+    return request.getfixturevalue("make_pg_url")()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_upgrade_downgrade_round_trip_keeps_rows_until_base(request, tmp_path, backend):
+    url = _fresh_url(request, tmp_path, backend)
+    assert current_revision(url) is None
+    upgrade_database(url)
+    assert current_revision(url) == head_revision()
+    run = create_run(open_database(url), kind="eval", name=None, spec={}, spec_hash="h", cache_key="k", seed=1,
+                     code_version={}, tags=(), executor=None, max_retries=0, inputs={})
+    upgrade_database(url)  # already at head: harmless, rows survive
+    assert get_run(open_database(url), run.id).id == run.id
+    downgrade_database(url, "base")
+    assert current_revision(url) is None and table_names(url) <= {VERSION_TABLE}
+    upgrade_database(url)
+    assert current_revision(url) == head_revision() and schema_diffs(url) == []
+    dispose_engines(url)
+
+
+def test_embedded_database_is_created_and_reopened_harmlessly(sqlite_url):
+    db = open_database(sqlite_url)
+    assert Path(db.engine.url.database).exists() and current_revision(sqlite_url) == head_revision()
+    run = create_run(db, kind="eval", name=None, spec={}, spec_hash="h", cache_key="k", seed=1, code_version={},
+                     tags=(), executor=None, max_retries=0, inputs={})
+    dispose_engines(sqlite_url)
+    again = open_database(sqlite_url)
+    assert again is not db and get_run(again, run.id) == run
+    with again.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 30_000
+
+
+def _open_and_write(url: str) -> str:
+    db = open_database(url)
+    run = create_run(db, kind="eval", name=None, spec={}, spec_hash="h", cache_key="k", seed=1, code_version={},
+                     tags=(), executor=None, max_retries=0, inputs={})
+    return run.id
+
+
+def test_embedded_database_opened_by_four_processes_at_once(sqlite_url):
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        ids = pool.map(_open_and_write, [sqlite_url] * 4)
+    db = open_database(sqlite_url)
+    assert current_revision(sqlite_url) == head_revision()
+    assert [get_run(db, run_id).id for run_id in ids] == ids
+
+
+@pytest.mark.postgres
+def test_server_database_behind_head_is_refused(make_pg_url):
+    url = make_pg_url()
+    with pytest.raises(StoreError, match="schema at revision base .* expects .*run `bitsmith db upgrade`") as info:
+        open_database(url)
+    assert "bitsmith db upgrade" in info.value.hint
+    assert current_revision(url) is None and table_names(url) == set()  # never migrated silently
+    upgrade_database(url)
+    assert open_database(url).url == url
+
+
+def test_unreachable_database_names_the_url_without_password():
+    url = "postgresql+psycopg://bob:secret@127.0.0.1:1/nowhere?connect_timeout=1"
+    with pytest.raises(StoreError, match=r"bob:\*\*\*@127.0.0.1:1/nowhere.*cannot reach") as info:
+        open_database(url)
+    assert "secret" not in str(info.value)
+    dispose_engines(url)
+
+
+def test_embedded_database_from_a_newer_bitsmith_is_refused(sqlite_url):
+    open_database(sqlite_url)
+    with engine_for(sqlite_url).begin() as conn:
+        conn.exec_driver_sql(f"UPDATE {VERSION_TABLE} SET version_num = 'f00d'")
+    dispose_engines(sqlite_url)
+    with pytest.raises(StoreError, match="revision f00d, which this bitsmith does not know"):
+        open_database(sqlite_url)
