@@ -56,6 +56,24 @@ class Worker(Protocol):
     def run(self, spec: Any, ctx: "RunContext") -> WorkerOutputs: ...
 
 
+class ActorPool(Protocol):
+    """Copies of one worker-defined class, each in its own process under Ray (in-process locally).
+
+    Workers fan work out through this instead of importing ray: `map` spreads items over the actors
+    (results in item order), `call_all` makes the same call on every actor (e.g. to sync weights).
+    """
+
+    size: int
+
+    def map(self, method: str, items: list[Any]) -> list[Any]: ...
+
+    def call_all(self, method: str, *args: Any, **kwargs: Any) -> list[Any]: ...
+
+    def close(self) -> None: ...
+
+
+# (cls, n_actors, args, kwargs, cpus_per_actor, gpus_per_actor) -> pool
+ActorPoolFactory = Callable[[type, int, tuple, dict, float, float], ActorPool]
 MetricSink = Callable[[list[tuple[str, int | None, float]]], None]
 CheckpointSink = Callable[[Path, int, dict[str, Any]], None]
 
@@ -76,6 +94,7 @@ class RunContext:
     should_cancel: Callable[[], bool] = lambda: False
     attempt: int = 1
     cpus: float = 1.0
+    actor_pool_factory: ActorPoolFactory | None = None
     _metric_buffer: list[tuple[str, int | None, float]] = field(default_factory=list)
     _last_flush: float = field(default_factory=time.monotonic)
 
@@ -113,6 +132,16 @@ class RunContext:
         self.flush_metrics()
         if self.checkpoint_sink is not None:
             self.checkpoint_sink(Path(path), step, dict(metadata or {}))
+
+    # -- parallelism --------------------------------------------------------------------------------
+    def actor_pool(self, cls: type, n_actors: int, *args: Any, cpus_per_actor: float = 1.0,
+                   gpus_per_actor: float = 0.0, **kwargs: Any) -> ActorPool:
+        """`n_actors` instances of `cls(*args, **kwargs)`: Ray actors under the ray executor, else in-process.
+
+        Use as a context manager (`with ctx.actor_pool(...) as pool:`) so the actors end with the job.
+        """
+        factory = self.actor_pool_factory or local_actor_pool
+        return factory(cls, n_actors, args, kwargs, cpus_per_actor, gpus_per_actor)
 
     # -- liveness, progress, randomness ---------------------------------------------------------
     def check_alive(self) -> None:
@@ -183,6 +212,33 @@ class Progress:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+class LocalActorPool:
+    """The in-process pool: `n` plain instances, calls made one after another."""
+
+    def __init__(self, cls: type, n_actors: int, args: tuple, kwargs: dict):
+        self.actors = [cls(*args, **kwargs) for _ in range(max(1, n_actors))]
+        self.size = len(self.actors)
+
+    def map(self, method: str, items: list[Any]) -> list[Any]:
+        return [getattr(self.actors[i % self.size], method)(item) for i, item in enumerate(items)]
+
+    def call_all(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
+        return [getattr(actor, method)(*args, **kwargs) for actor in self.actors]
+
+    def close(self) -> None:
+        self.actors = []
+
+    def __enter__(self) -> "LocalActorPool":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def local_actor_pool(cls: type, n_actors: int, args: tuple, kwargs: dict, cpus: float, gpus: float) -> LocalActorPool:
+    return LocalActorPool(cls, n_actors, args, kwargs)
 
 
 @dataclass

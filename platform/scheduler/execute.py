@@ -123,9 +123,24 @@ def _build_context(db: Any, run: RunRecord, spec: Any, settings: Settings) -> Ru
     def sink(batch: list[tuple[str, int | None, float]]) -> None:
         store.log_metrics(db, run.id, batch)
 
+    pool_factory = None
+    if _inside_ray_task():
+        from .actors import ray_actor_pool
+
+        pool_factory = ray_actor_pool
     return RunContext(run_id=run.id, seed=spec.seed, work_dir=work_dir, inputs=inputs, metric_sink=sink,
                       checkpoint_sink=save_checkpoint, resume_checkpoint=resume_path, resume_step=resume_step,
-                      deadline=deadline, should_cancel=should_cancel, attempt=run.attempt, cpus=spec.resources.cpus)
+                      deadline=deadline, should_cancel=should_cancel, attempt=run.attempt, cpus=spec.resources.cpus,
+                      actor_pool_factory=pool_factory)
+
+
+def _inside_ray_task() -> bool:
+    """True when this body runs as a Ray task (then fan-out uses Ray actors)."""
+    if "ray" not in sys.modules:
+        return False
+    import ray
+
+    return ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE
 
 
 def _register_output(db: Any, settings: Settings, run: RunRecord, role: str, path: Path, kind: str,
