@@ -76,6 +76,9 @@ class ActorPool(Protocol):
 ActorPoolFactory = Callable[[type, int, tuple, dict, float, float], ActorPool]
 MetricSink = Callable[[list[tuple[str, int | None, float]]], None]
 CheckpointSink = Callable[[Path, int, dict[str, Any]], None]
+# (derived key, kind) -> local path of an existing derived artifact, or None; (key, kind, path) -> stored path
+DerivedLookup = Callable[[str, str], Path | None]
+DerivedStore = Callable[[str, str, Path], Path]
 
 
 @dataclass
@@ -95,6 +98,8 @@ class RunContext:
     attempt: int = 1
     cpus: float = 1.0
     actor_pool_factory: ActorPoolFactory | None = None
+    derived_lookup: DerivedLookup | None = None
+    derived_store: DerivedStore | None = None
     _metric_buffer: list[tuple[str, int | None, float]] = field(default_factory=list)
     _last_flush: float = field(default_factory=time.monotonic)
 
@@ -132,6 +137,29 @@ class RunContext:
         self.flush_metrics()
         if self.checkpoint_sink is not None:
             self.checkpoint_sink(Path(path), step, dict(metadata or {}))
+
+    # -- derived artifacts (shared across runs) ---------------------------------------------------
+    def cached_artifact(self, key: str, kind: str, build: Callable[[Path], None]) -> Path:
+        """A directory derived deterministically from `key` (e.g. a level database of one model + data),
+        built once by `build(dir)` and reused by every later run that asks for the same key.
+
+        The key must cover everything the content depends on (input digests, settings, code version
+        of the builder). The platform stores it content-addressed and records it in lineage.
+        """
+        if self.derived_lookup is not None:
+            found = self.derived_lookup(key, kind)
+            if found is not None:
+                return found
+        out = self.work_dir / "derived" / f"{kind}-{key[:16]}"
+        if not out.exists():
+            tmp = out.with_name(out.name + ".tmp")
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            build(tmp)
+            tmp.rename(out)
+        return self.derived_store(key, kind, out) if self.derived_store is not None else out
 
     # -- parallelism --------------------------------------------------------------------------------
     def actor_pool(self, cls: type, n_actors: int, *args: Any, cpus_per_actor: float = 1.0,

@@ -123,6 +123,20 @@ def _build_context(db: Any, run: RunRecord, spec: Any, settings: Settings) -> Ru
     def sink(batch: list[tuple[str, int | None, float]]) -> None:
         store.log_metrics(db, run.id, batch)
 
+    def derived_lookup(key: str, kind: str) -> Path | None:
+        found = store.find_artifacts(db, kind=kind, where=[f"meta.derived_key==\"{key}\""], limit=1)
+        if not found:
+            return None
+        store.add_run_inputs(db, run.id, {f"derived/{kind}": found[0].digest})
+        print(f"[bitsmith] reusing derived {kind} {found[0].digest[:12]} (key {key[:12]})", file=sys.stderr)
+        return materialize(settings.artifact_root, found[0].digest, cache_dir)
+
+    def derived_store(key: str, kind: str, path: Path) -> Path:
+        digest = _register_output(db, settings, run, f"derived/{kind}", path, kind, {"derived_key": key}, None,
+                                  move=True)
+        store.add_run_outputs(db, run.id, {f"derived/{kind}": digest})
+        return materialize(settings.artifact_root, digest, cache_dir)
+
     pool_factory = None
     if _inside_ray_task():
         from .actors import ray_actor_pool
@@ -131,7 +145,8 @@ def _build_context(db: Any, run: RunRecord, spec: Any, settings: Settings) -> Ru
     return RunContext(run_id=run.id, seed=spec.seed, work_dir=work_dir, inputs=inputs, metric_sink=sink,
                       checkpoint_sink=save_checkpoint, resume_checkpoint=resume_path, resume_step=resume_step,
                       deadline=deadline, should_cancel=should_cancel, attempt=run.attempt, cpus=spec.resources.cpus,
-                      actor_pool_factory=pool_factory)
+                      actor_pool_factory=pool_factory, derived_lookup=derived_lookup,
+                      derived_store=derived_store)
 
 
 def _inside_ray_task() -> bool:

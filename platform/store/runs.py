@@ -259,15 +259,24 @@ def add_run_outputs(db: Database, run_id: str, outputs: Mapping[str, str]) -> No
 
     Idempotent: a role recorded again (a retried attempt) points at the digest given last.
     """
+    _add_edges(db, run_outputs_t, run_id, outputs, "outputs")
+
+
+def add_run_inputs(db: Database, run_id: str, inputs: Mapping[str, str]) -> None:
+    """Record artifacts a running job consumed beyond its spec's inputs (e.g. a reused derived cache)."""
+    _add_edges(db, run_inputs_t, run_id, inputs, "inputs")
+
+
+def _add_edges(db: Database, table: Any, run_id: str, outputs: Mapping[str, str], what: str) -> None:
     if not outputs:
         return
     edges = [{"run_id": run_id, "role": role, "digest": digest} for role, digest in outputs.items()]
-    upsert = (sqlite_insert if db.is_sqlite else pg_insert)(run_outputs_t)
+    upsert = (sqlite_insert if db.is_sqlite else pg_insert)(table)
     upsert = upsert.on_conflict_do_update(index_elements=["run_id", "role"], set_={"digest": upsert.excluded.digest})
     try:
         write(db, lambda conn: conn.execute(upsert, edges))
     except IntegrityError as exc:
-        raise _integrity_error(db, f"run {run_id} outputs", exc, outputs) from None
+        raise _integrity_error(db, f"run {run_id} {what}", exc, outputs) from None
 
 
 def _edges(db: Database, table: Any, direction: str, column: str, value: str) -> list[RunArtifactEdge]:
