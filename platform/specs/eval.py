@@ -141,8 +141,8 @@ class EvalSpec(JobSpecBase):
             needs_data = not (task.type == "choice" and task.file is not None)
             if needs_data and task.data_index >= n_data:
                 have = "no inputs.data" if n_data == 0 else f"{n_data} dataset(s) in inputs.data"
-                raise ValueError(f"{where}: data_index {task.data_index} but {have}; "
-                                 "add the dataset to inputs.data" + (" or give `file`" if task.type == "choice" else ""))
+                fix = "add the dataset to inputs.data" + (" or give `file`" if task.type == "choice" else "")
+                raise ValueError(f"{where}: data_index {task.data_index} but {have}; {fix}")
             if task.type == "kl" and self.inputs.reference is None:
                 raise ValueError(f"{where}: needs inputs.reference (a model or a logits artifact)")
             if self.backend == "lm_eval" and task.type not in LM_EVAL_TASK_TYPES:
