@@ -25,7 +25,7 @@ def artifact_label(a: ArtifactRecord) -> str:
 
 def run_label(r: RunRecord) -> str:
     hit = f" (cache hit of {r.cache_hit_of[:10]})" if r.cache_hit_of else ""
-    return f"{r.kind} run {r.id[:12]}{' ' + r.name if r.name else ''} [{r.status}]{hit}"
+    return f"{r.kind} run {r.id[:12]}{' ' + r.name if r.name else ''} ({r.status}){hit}"
 
 
 def children(graph: Any, node: tuple[str, str], down: bool) -> list[tuple[str, str, str]]:

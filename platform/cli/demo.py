@@ -83,8 +83,10 @@ class _StageWatcher:
         from rich.live import Live
 
         self.settings = settings
-        self.live = Live(console=stderr_console(), refresh_per_second=2, transient=False)
+        self.console = stderr_console()
+        self.live = Live(console=self.console, refresh_per_second=2, transient=False, auto_refresh=False)
         self.started = False
+        self.reported: set[str] = set()
 
     def update(self, run_ids: list[str]) -> None:
         from rich.table import Table
@@ -107,10 +109,17 @@ class _StageWatcher:
                 latest = f"step {last_step}: " + ", ".join(f"{m.key}={fmt_value(m.value)}" for m in shown)
             note = " (cache hit)" if r.cache_hit_of else ""
             table.add_row(short(r.id, 10), r.name or "", status_text(r.status) + note, fmt_duration(r), latest)
+            if not self.console.is_terminal and r.status in ("succeeded", "failed", "cancelled") \
+                    and r.id not in self.reported:  # a log file gets one line per finished job
+                self.reported.add(r.id)
+                self.console.print(f"  {short(r.id, 10)} {r.name or ''}: {status_text(r.status)}{note} "
+                                   f"in {fmt_duration(r)}")
+        if not self.console.is_terminal:
+            return
         if not self.started:
             self.live.start()
             self.started = True
-        self.live.update(table)
+        self.live.update(table, refresh=True)
 
     def stop(self) -> None:
         if self.started:
@@ -121,8 +130,11 @@ class _StageWatcher:
 def _print_results(ctx: click.Context, results: list[Any]) -> None:
     from rich.table import Table
 
+    import shutil
+
     from .. import lineage as render
     from .. import store
+    from ..artifacts import materialize
 
     db = open_db(ctx)
     evals = [rid for r in results if r.name == "eval" for rid in r.run_ids]
@@ -158,15 +170,18 @@ def _print_results(ctx: click.Context, results: list[Any]) -> None:
     plot = _plot_quality_vs_bits(ctx, rows)
     train = next((rid for r in results if r.name == "train" for rid in r.run_ids), None)
     curve = next((e for e in store.run_outputs(db, train) if e.role == "curve"), None) if train else None
-    s = settings_from(ctx)
     info("\nplots:")
     if curve:
-        info(f"  training curve:      {store.get_artifact(db, curve.digest).uri}")
+        s = settings_from(ctx)
+        src = materialize(s.artifact_root, curve.digest, s.home / "cache")
+        dest = s.home / "demo" / "training_curve.png"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest)
+        info(f"  training curve:      {dest}  (artifact {short(curve.digest)})")
     if plot:
         info(f"  quality vs bits:     {plot}")
     info("next: bitsmith runs list   bitsmith artifacts list   bitsmith runs compare "
          + " ".join(short(r['run'], 8) for r in rows[:3]))
-    _ = s
 
 
 def _plot_quality_vs_bits(ctx: click.Context, rows: list[dict[str, Any]]) -> Path | None:

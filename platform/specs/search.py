@@ -1,10 +1,201 @@
-"""Spec of `search` jobs (fields grow with the search issue)."""
+"""Spec of `search` jobs: per-layer bit allocation (mixed precision) of one model under a budget.
+
+A search quantizes every selected linear layer at each candidate width once (the level database),
+then picks one level per layer: `evo` (EvoPress), `hessian` (HAWQ-V2 style sensitivities + knapsack),
+`dp` (additive-error knapsack), `bisect` (within a quality loss) or `uniform`. The uniform allocation
+for the same budget is always computed and reported beside the chosen method's result.
+"""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from .common import JobSpecBase
+from pydantic import Field, field_validator, model_validator
+
+from .common import ArtifactRef, JobSpecBase, StrictModel
+from .quantize import Bits, GPTQMethod, GroupSize, ModuleSelection, QuantMethod
+
+
+class SearchInputs(StrictModel):
+    model: ArtifactRef = Field(..., description="Hugging Face causal-LM model artifact (unquantized)")
+    calibration: ArtifactRef = Field(..., description="text dataset artifact: its calibration split calibrates "
+                                                      "and scores candidates, its test split is held out for the report")
+
+
+# -- budgets ----------------------------------------------------------------------------------------
+class AvgBitsBudget(StrictModel):
+    """Average nominal bits per weight over the searched layers (weighted by parameter count)."""
+
+    type: Literal["avg_bits"] = "avg_bits"
+    bits_per_weight: float = Field(..., gt=0, description="e.g. 3.0")
+
+
+class SizeBudget(StrictModel):
+    """Bytes of the searched layers' stored weights (codes, scales, zero points)."""
+
+    type: Literal["size_bytes"] = "size_bytes"
+    size_bytes: int = Field(..., gt=0)
+
+
+class QualityBudget(StrictModel):
+    """A tolerated loss: calibration-split perplexity at most this many percent above the unquantized model."""
+
+    type: Literal["quality"] = "quality"
+    max_ppl_increase_pct: float = Field(..., gt=0, le=1000)
+
+
+Budget = Annotated[AvgBitsBudget | SizeBudget | QualityBudget, Field(discriminator="type")]
+
+
+# -- methods ----------------------------------------------------------------------------------------
+class SelectionStage(StrictModel):
+    """One step of EvoPress's multi-step selection: score on `sequences` fresh calibration sequences, keep
+    the best `survivors`."""
+
+    survivors: int = Field(..., ge=1)
+    sequences: int = Field(..., ge=1)
+
+
+class EvoMethod(StrictModel):
+    """EvoPress (Sieberling et al., 2024): (1+λ) evolution over per-layer levels, fitness = KL to the model."""
+
+    type: Literal["evo"] = "evo"
+    generations: int = Field(50, ge=1)
+    offspring: int = Field(16, ge=1, description="λ: children per generation")
+    max_switches: int = Field(3, ge=1, le=64, description="level switches per child: 1..max_switches")
+    stages: tuple[SelectionStage, ...] = Field(
+        (SelectionStage(survivors=4, sequences=2), SelectionStage(survivors=1, sequences=8)),
+        description="multi-step selection, survivors decreasing to 1; the parent re-enters at the last stage")
+    fitness_sequences: int = Field(32, ge=1, description="calibration sequences with cached reference logits")
+    fitness_seq_len: int = Field(128, ge=8)
+    init: Literal["uniform", "dp"] = Field("uniform", description="starting allocation (uniform is filled "
+                                                                  "greedily up to the budget when no width fits exactly)")
+    n_actors: int = Field(1, ge=1, le=64, description="fitness actors, each holding one model copy")
+    checkpoint_every: int = Field(10, ge=1, description="generations between checkpoints")
+
+    @field_validator("stages")
+    @classmethod
+    def _stages(cls, stages: tuple[SelectionStage, ...]) -> tuple[SelectionStage, ...]:
+        if not stages:
+            raise ValueError("expected at least one selection stage")
+        counts = [s.survivors for s in stages]
+        if counts[-1] != 1 or any(b > a for a, b in zip(counts, counts[1:])):
+            raise ValueError(f"survivors {counts} must not increase and must end at 1")
+        return stages
+
+    @model_validator(mode="after")
+    def _enough(self) -> "EvoMethod":
+        if max(s.sequences for s in self.stages) > self.fitness_sequences:
+            raise ValueError("stages[].sequences exceed fitness_sequences; expected at most "
+                             f"{self.fitness_sequences} sequences per stage")
+        return self
+
+
+class HutchinsonConfig(StrictModel):
+    samples_max: int = Field(64, ge=1, description="Rademacher probes at most")
+    samples_min: int = Field(8, ge=1)
+    rel_tol: float = Field(0.05, gt=0, description="stop when every trace's standard error / mean is below this")
+
+
+class HessianMethod(StrictModel):
+    """HAWQ-V2: Ω_i(b) = Tr(H_i)/n_i · ||Q_b(W_i) - W_i||², minimised under the budget by a knapsack."""
+
+    type: Literal["hessian"] = "hessian"
+    sensitivity: Literal["input_trace", "hutchinson", "fisher"] = Field(
+        "input_trace", description="input_trace: layer-input Hessians (no backward); hutchinson: loss-Hessian "
+                                   "traces; fisher: empirical Fisher diagonal (first-order Taylor)")
+    solver: Literal["dp", "milp"] = "dp"
+    hutchinson: HutchinsonConfig = HutchinsonConfig()
+    gradient_sequences: int = Field(16, ge=1, description="calibration sequences for hutchinson/fisher")
+
+
+class DPMethod(StrictModel):
+    """Additive-error baseline: knapsack over the per-layer normalised output errors."""
+
+    type: Literal["dp"] = "dp"
+    weighting: Literal["params", "none"] = Field(
+        "params", description="params: each layer's error times its parameter count; none: plain sum")
+    solver: Literal["dp", "milp"] = "dp"
+
+
+class BisectMethod(StrictModel):
+    """Drop the k least sensitive layers from high_bits to low_bits; bisect k on the measured perplexity."""
+
+    type: Literal["bisect"] = "bisect"
+    high_bits: Bits = 4
+    low_bits: Bits = 2
+    eval_sequences: int = Field(16, ge=1, description="calibration sequences the perplexity probes use")
+
+    @model_validator(mode="after")
+    def _order(self) -> "BisectMethod":
+        if self.low_bits >= self.high_bits:
+            raise ValueError(f"low_bits {self.low_bits} must be below high_bits {self.high_bits}")
+        return self
+
+
+class UniformMethod(StrictModel):
+    """Every layer at the widest level whose total meets the budget."""
+
+    type: Literal["uniform"] = "uniform"
+
+
+SearchMethod = Annotated[EvoMethod | HessianMethod | DPMethod | BisectMethod | UniformMethod,
+                         Field(discriminator="type")]
+
+
+class LevelsConfig(StrictModel):
+    """The level database: every selected layer quantized at each width, from one Hessian per layer."""
+
+    bits: tuple[Bits, ...] = Field((2, 3, 4, 5, 6, 8), description="candidate widths")
+    method: QuantMethod = GPTQMethod()
+    group_size: GroupSize = Field(128, description="input columns sharing a scale; null or -1: per-channel")
+    symmetric: bool = False
+    sequences: int = Field(128, ge=1, description="calibration sequences for the layer Hessians")
+    seq_len: int = Field(512, ge=8)
+    batch_size: int = Field(8, ge=1)
+
+    @field_validator("bits")
+    @classmethod
+    def _sorted_unique(cls, bits: tuple[int, ...]) -> tuple[int, ...]:
+        if len(bits) < 1 or len(set(bits)) != len(bits):
+            raise ValueError(f"expected distinct widths; got {list(bits)}")
+        return tuple(sorted(bits))
+
+
+class ReportConfig(StrictModel):
+    test_seq_len: int = Field(128, ge=8, description="chunk length of the held-out (test split) evaluation")
+    test_max_chunks: int | None = Field(64, ge=1)
+    baseline_dp: bool = Field(True, description="also report the dp allocation (cheap: no extra quantization)")
 
 
 class SearchSpec(JobSpecBase):
     kind: Literal["search"] = "search"
+    inputs: SearchInputs
+    method: SearchMethod = EvoMethod()
+    budget: Budget
+    levels: LevelsConfig = LevelsConfig()
+    modules: ModuleSelection = ModuleSelection()
+    report: ReportConfig = ReportConfig()
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: the job's cpus)")
+
+    @model_validator(mode="after")
+    def _budget_fits(self) -> "SearchSpec":
+        budget, bits = self.budget, self.levels.bits
+        if isinstance(self.method, BisectMethod):
+            if not isinstance(budget, QualityBudget):
+                raise ValueError(f"budget.type: method bisect needs a quality budget; got {budget.type}")
+            for field in ("high_bits", "low_bits"):
+                if getattr(self.method, field) not in bits:
+                    raise ValueError(f"method.{field}: {getattr(self.method, field)} is not a level; expected "
+                                     f"one of levels.bits {list(bits)}")
+        elif isinstance(budget, QualityBudget):
+            raise ValueError(f"budget.type: a quality budget needs method bisect; method {self.method.type} "
+                             "takes avg_bits or size_bytes")
+        if isinstance(budget, AvgBitsBudget):
+            if budget.bits_per_weight < bits[0]:
+                raise ValueError(f"budget.bits_per_weight: {budget.bits_per_weight} is below the smallest level "
+                                 f"({bits[0]} bits); expected {bits[0]} <= bits_per_weight <= {bits[-1]}")
+            if budget.bits_per_weight > bits[-1]:
+                raise ValueError(f"budget.bits_per_weight: {budget.bits_per_weight} is above the largest level "
+                                 f"({bits[-1]} bits), so there is nothing to search; expected "
+                                 f"{bits[0]} <= bits_per_weight <= {bits[-1]}")
+        return self

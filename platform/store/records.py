@@ -21,8 +21,8 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 
 
 def new_id() -> str:
-    """A 26-hex-digit id that sorts by creation time (12 digits of ms clock + 14 random)."""
-    return f"{int(time.time() * 1000):012x}{os.urandom(7).hex()}"
+    """A 26-hex-digit id: 14 random digits first (so short prefixes are unique), then the ms clock."""
+    return f"{os.urandom(7).hex()}{int(time.time() * 1000):012x}"
 
 
 @dataclass(frozen=True)
