@@ -55,6 +55,11 @@ def convert_gguf(gguf_file: Path, dest: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+    # transformers dequantizes GGUF weights on load but keeps a GGUF "quantizer" that refuses to save;
+    # the tensors are plain fp32 now, so drop it and save a standard checkpoint.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     (tmp / "artifact.json").write_text(json.dumps({"kind": "model", "source": {"gguf": gguf_file.name}}))

