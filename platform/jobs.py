@@ -11,7 +11,7 @@ WORKER_MODULES: dict[str, str | None] = {
     "quantize": "bitsmith.workers.quantize",
     "eval": "bitsmith.workers.eval",
     "search": None,  # specs exist; the worker lands with the search issue
-    "rl": None,      # specs exist; the worker lands with the rl issue
+    "rl": "bitsmith.workers.rl",
     "noop": "bitsmith.workers.noop",
 }
 

@@ -1,0 +1,1 @@
+"""GRPO-family building blocks for `rl` jobs: advantages, the policy loss, verifiable rewards, rollouts."""

@@ -1,0 +1,89 @@
+"""The registry of verifiable rewards: `(completion, gold answer) -> float`, each identified by name and source hash.
+
+A reward's identity in the run record is its name plus a SHA-256 over its own source and the
+sources of the helpers it calls (extractors, normalisers), so a changed scoring rule changes the hash.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from bitsmith.workers.evaluators.answers import extract_boxed, extract_last_number, gold_answer, normalize_answer
+
+RewardFn = Callable[[str, str], float]
+
+
+@dataclass(frozen=True)
+class Reward:
+    name: str
+    fn: RewardFn
+    depends: tuple[Callable, ...] = ()
+
+    @property
+    def source_sha256(self) -> str:
+        h = hashlib.sha256()
+        for part in (self.fn, *self.depends):
+            h.update(inspect.getsource(part).encode())
+        return h.hexdigest()
+
+    def __call__(self, completion: str, answer: str) -> float:
+        return float(self.fn(completion, answer))
+
+
+REWARDS: dict[str, Reward] = {}
+
+
+def reward(name: str, *depends: Callable) -> Callable[[RewardFn], RewardFn]:
+    """Register a reward function under `name`; `depends` are the helpers whose source it relies on."""
+    def register(fn: RewardFn) -> RewardFn:
+        REWARDS[name] = Reward(name, fn, tuple(depends))
+        return fn
+    return register
+
+
+def get_reward(name: str) -> Reward:
+    try:
+        return REWARDS[name]
+    except KeyError:
+        raise KeyError(f"unknown reward {name!r}; expected one of {', '.join(sorted(REWARDS))}") from None
+
+
+@reward("exact_numeric", extract_last_number, normalize_answer, gold_answer)
+def exact_numeric(completion: str, answer: str) -> float:
+    """1 if the last number in the completion equals the gold answer (normalised), else 0."""
+    found = extract_last_number(completion)
+    return float(found is not None and normalize_answer(found) == gold_answer(answer))
+
+
+@reward("boxed", extract_boxed, normalize_answer, gold_answer)
+def boxed_match(completion: str, answer: str) -> float:
+    """1 if the content of the last `\\boxed{}` equals the gold answer (normalised), else 0."""
+    found = extract_boxed(completion)
+    return float(found is not None and normalize_answer(found) == gold_answer(answer))
+
+
+_BARE_NUMBER = re.compile(r"\s*[-+]?\d[\d,]*(?:\.\d+)?\s*")
+
+
+@reward("format")
+def format_reward(completion: str, answer: str) -> float:
+    """1 if the completion states one final answer: a bare number, or exactly one `\\boxed{...}`; else 0."""
+    if _BARE_NUMBER.fullmatch(completion):
+        return 1.0
+    return float(completion.count("\\boxed{") == 1 and completion.rstrip().endswith("}"))
+
+
+def score(completions: Sequence[str], answers: Sequence[str], terms: Sequence[tuple[str, float]],
+          ) -> tuple[list[float], dict[str, list[float]]]:
+    """Weighted sum of the reward terms for each (completion, answer), and each term's raw values."""
+    per_term = {name: [get_reward(name)(c, a) for c, a in zip(completions, answers)] for name, _ in terms}
+    totals = [sum(weight * per_term[name][i] for name, weight in terms) for i in range(len(completions))]
+    return totals, per_term
+
+
+def reward_identity(names: Sequence[str]) -> dict[str, str]:
+    """{name: source SHA-256} of the rewards a run used (for its report and artifact metadata)."""
+    return {name: get_reward(name).source_sha256 for name in dict.fromkeys(names)}
