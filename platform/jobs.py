@@ -10,7 +10,7 @@ WORKER_MODULES: dict[str, str | None] = {
     "train": "bitsmith.workers.train",
     "quantize": "bitsmith.workers.quantize",
     "eval": "bitsmith.workers.eval",
-    "search": None,  # specs exist; the worker lands with the search issue
+    "search": "bitsmith.workers.search",
     "rl": "bitsmith.workers.rl",
     "noop": "bitsmith.workers.noop",
 }

@@ -63,7 +63,7 @@ def _is_linear(module: nn.Module) -> bool:
     return isinstance(module, (nn.Linear, Conv1D))
 
 
-def _dense_weight(module: nn.Module) -> Tensor:
+def dense_weight(module: nn.Module) -> Tensor:
     """The [out, in] weight of an nn.Linear, or of GPT-2's Conv1D (stored [in, out])."""
     return module.weight.T if not isinstance(module, nn.Linear) else module.weight
 
@@ -143,7 +143,7 @@ def plan_layers(model: nn.Module, layout: ArchLayout, spec: QuantizeSpec) -> dic
                 bits = override.bits if override.bits is not None else bits
                 if override.group_size is not None:
                     group, where = (None if override.group_size == -1 else override.group_size), "overrides.group_size"
-            in_features = _dense_weight(module).shape[1]
+            in_features = dense_weight(module).shape[1]
             if group is not None and in_features % group:
                 raise SpecError(f"{where}: {group} does not divide in_features {in_features} of layer {name}; "
                                 f"expected a divisor of {in_features} or null (per-channel)",
@@ -233,7 +233,7 @@ def _has_submodule(model: nn.Module, name: str) -> bool:
         return False
 
 
-def _block_output(out: Any) -> Tensor:
+def block_output(out: Any) -> Tensor:
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
@@ -271,11 +271,11 @@ def run(spec: QuantizeSpec, ctx: RunContext) -> WorkerOutputs:
                 block_start = time.perf_counter()
                 block.to(device)
                 targets = {p.name: model.get_submodule(p.name) for p in plans.values() if p.block == k}
-                hessians = _collect_hessians(block, targets, calls, device)
+                hessians = collect_hessians(block, targets, calls, device)
                 for name, module in targets.items():
                     plan = plans[name]
                     t0 = time.perf_counter()
-                    weight = _dense_weight(module).detach().float().clone()
+                    weight = dense_weight(module).detach().float().clone()
                     qw, warnings = quantize_fn(weight, hessians.get(name), spec.method, plan.bits, plan.group_size,
                                                spec.symmetric, spec.mse_clip)
                     w_hat = qw.dequantize()
@@ -289,7 +289,7 @@ def run(spec: QuantizeSpec, ctx: RunContext) -> WorkerOutputs:
                                              time.perf_counter() - t0, warnings))
                 hessians.clear()
                 if calls:  # outputs of the quantized block are the next block's inputs
-                    calls = [(_block_output(block(h, *a, **kw)), a, kw) for h, a, kw in calls]
+                    calls = [(block_output(block(h, *a, **kw)), a, kw) for h, a, kw in calls]
                 block.to("cpu")
                 rows = [r for r in report if r["block"] == k]
                 errors = [r["rel_error"] for r in rows if r["rel_error"] is not None]
@@ -320,7 +320,7 @@ def _check_export(spec: QuantizeSpec, plans: dict[str, LayerPlan]) -> None:
                         "with method.act_order=true")
 
 
-def _collect_hessians(block: nn.Module, targets: dict[str, nn.Module], calls: list, device: torch.device
+def collect_hessians(block: nn.Module, targets: dict[str, nn.Module], calls: list, device: torch.device
                       ) -> dict[str, Tensor]:
     """H = 2 X^T X / n of every target layer's inputs over the calibration batches (forward hooks)."""
     if not calls:
@@ -329,7 +329,7 @@ def _collect_hessians(block: nn.Module, targets: dict[str, nn.Module], calls: li
     counts: dict[str, int] = {}
     handles = []
     for name, module in targets.items():
-        n_in = _dense_weight(module).shape[1]
+        n_in = dense_weight(module).shape[1]
         hessians[name] = torch.zeros(n_in, n_in, dtype=torch.float32, device=device)
         counts[name] = 0
 

@@ -27,7 +27,6 @@ def demo(ctx: click.Context, pipeline_file: Path | None, executor: str, no_cache
     from ..errors import UsageError
     from ..pipeline import load_pipeline, run_pipeline
     from ..scheduler.ray_executor import ensure_ray
-    from .data import builtin as _  # noqa: F401  (same registration path as `bitsmith data builtin`)
 
     settings = settings_from(ctx)
     path = pipeline_file or demo_dir() / "pipeline.yaml"
@@ -36,9 +35,10 @@ def demo(ctx: click.Context, pipeline_file: Path | None, executor: str, no_cache
     t0 = time.time()
     err = stderr_console()
     err.print(f"[bold]bitsmith demo[/]  store: {settings.db_url}  artifacts: {settings.artifact_root}")
-    err.print("[bold]1/4 data[/]: the built-in corpus (Python's bundled docs), split by content hash")
-    _register_corpus(ctx)
     stages = load_pipeline(path)
+    total = len(stages) + 1
+    err.print(f"[bold]1/{total} data[/]: the built-in corpus (Python's bundled docs) and the arithmetic task")
+    _register_datasets(ctx)
     if executor == "ray":
         err.print("starting an embedded local Ray instance ...")
         ensure_ray(settings.ray_address, log_to_driver=False)
@@ -46,7 +46,7 @@ def demo(ctx: click.Context, pipeline_file: Path | None, executor: str, no_cache
 
     def on_stage(stage: Any, run_ids: list[str]) -> None:
         n = stages.index(stage) + 2
-        err.print(f"[bold]{n}/4 {stage.name}[/]: {len(run_ids)} job(s)")
+        err.print(f"[bold]{n}/{total} {stage.name}[/]: {len(run_ids)} job(s)")
 
     try:
         results = run_pipeline(stages, settings, executor=executor, no_cache=no_cache, on_stage=on_stage,
@@ -60,20 +60,26 @@ def demo(ctx: click.Context, pipeline_file: Path | None, executor: str, no_cache
               + ("" if hits == total else " (run `make demo` again: every step will be one)"))
 
 
-def _register_corpus(ctx: click.Context) -> None:
+def _register_datasets(ctx: click.Context) -> None:
     import tempfile
 
+    from bitsmith.workers.data.arithmetic import generate_arithmetic
     from bitsmith.workers.data.corpus import build_builtin_corpus
 
     from ..register import register_path
 
     settings = settings_from(ctx)
     settings.home.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=settings.home, prefix=".data-") as tmp:
-        out = build_builtin_corpus(Path(tmp) / "dataset")
-        rec = register_path(open_db(ctx), settings, out, kind="dataset", name="corpus-pydoc")
-    splits = ", ".join(f"{k} {v.get('records')} docs" for k, v in rec.metadata.get("splits", {}).items())
-    info(f"  corpus-pydoc {short(rec.digest)}: {splits}")
+    builders = {
+        "corpus-pydoc": build_builtin_corpus,
+        "arithmetic-1digit": lambda dest: generate_arithmetic(
+            dest, n_train=200, n_calibration=10, n_test=20, min_operand=0, max_operand=9, operations=("+",), seed=0),
+    }
+    for name, build in builders.items():
+        with tempfile.TemporaryDirectory(dir=settings.home, prefix=".data-") as tmp:
+            rec = register_path(open_db(ctx), settings, build(Path(tmp) / "dataset"), kind="dataset", name=name)
+        splits = ", ".join(f"{k} {v.get('records')}" for k, v in rec.metadata.get("splits", {}).items())
+        info(f"  {name} {short(rec.digest)}: {splits}")
 
 
 class _StageWatcher:
@@ -137,8 +143,9 @@ def _print_results(ctx: click.Context, results: list[Any]) -> None:
     from ..artifacts import materialize
 
     db = open_db(ctx)
-    evals = [rid for r in results if r.name == "eval" for rid in r.run_ids]
-    finals = store.final_metrics(db, evals)
+    runs = [store.get_run(db, rid) for r in results for rid in r.run_ids]
+    evals = [r.id for r in runs if r.kind == "eval"]
+    finals = store.final_metrics(db, [r.id for r in runs])
     rows = []
     for rid in evals:
         run = store.get_run(db, rid)
@@ -168,7 +175,14 @@ def _print_results(ctx: click.Context, results: list[Any]) -> None:
                       f"{short(report.digest)}):")
             con.print(render.render_tree(graph, ("artifact", report.digest), down=False))
     plot = _plot_quality_vs_bits(ctx, rows)
-    train = next((rid for r in results if r.name == "train" for rid in r.run_ids), None)
+    train = next((r.id for r in runs if r.kind == "train" and r.spec["mode"]["type"] == "pretrain"), None)
+    for rl_run in (r for r in runs if r.kind == "rl"):
+        m = finals.get(rl_run.id, {})
+        if "accuracy/train_before" in m:
+            con.print(f"\n[bold]RL[/] ({rl_run.name}, GRPO from the SFT warm start): greedy accuracy on its "
+                      f"training prompts {m['accuracy/train_before']:.2f} -> {m['accuracy/train_after']:.2f}"
+                      + (f", held-out {m['accuracy/test_before']:.2f} -> {m['accuracy/test_after']:.2f}"
+                         if "accuracy/test_after" in m else ""))
     curve = next((e for e in store.run_outputs(db, train) if e.role == "curve"), None) if train else None
     info("\nplots:")
     if curve:

@@ -14,6 +14,8 @@ HEADLINE_METRICS = {
     "train": ("eval/ppl", "eval/loss"),
     "quantize": ("effective_bits_per_weight", "mean_rel_error"),
     "eval": ("test/token_ppl", "test/word_ppl", "kl", "mc/acc", "gen/exact_match", "gen/pass@1"),
+    "rl": ("accuracy/train_after", "reward/mean"),
+    "search": ("test/token_ppl", "avg_bits"),
     "noop": ("noop/metrics_logged",),
 }
 

@@ -60,13 +60,16 @@ class EvoMethod(StrictModel):
 
     type: Literal["evo"] = "evo"
     generations: int = Field(50, ge=1)
-    offspring: int = Field(16, ge=1, description="λ: children per generation")
+    offspring: int = Field(32, ge=1, description="λ: children per generation")
     max_switches: int = Field(3, ge=1, le=64, description="level switches per child: 1..max_switches")
     stages: tuple[SelectionStage, ...] = Field(
-        (SelectionStage(survivors=4, sequences=2), SelectionStage(survivors=1, sequences=8)),
+        (SelectionStage(survivors=16, sequences=1), SelectionStage(survivors=4, sequences=4),
+         SelectionStage(survivors=1, sequences=16)),
         description="multi-step selection, survivors decreasing to 1; the parent re-enters at the last stage")
     fitness_sequences: int = Field(32, ge=1, description="calibration sequences with cached reference logits")
     fitness_seq_len: int = Field(128, ge=8)
+    fitness_top_k: int | None = Field(None, ge=1, description="keep only the reference's k most likely tokens "
+                                                              "(e.g. 64 for large vocabularies); null: exact KL")
     init: Literal["uniform", "dp"] = Field("uniform", description="starting allocation (uniform is filled "
                                                                   "greedily up to the budget when no width fits exactly)")
     n_actors: int = Field(1, ge=1, le=64, description="fitness actors, each holding one model copy")
@@ -100,9 +103,10 @@ class HessianMethod(StrictModel):
     """HAWQ-V2: Ω_i(b) = Tr(H_i)/n_i · ||Q_b(W_i) - W_i||², minimised under the budget by a knapsack."""
 
     type: Literal["hessian"] = "hessian"
-    sensitivity: Literal["input_trace", "hutchinson", "fisher"] = Field(
-        "input_trace", description="input_trace: layer-input Hessians (no backward); hutchinson: loss-Hessian "
-                                   "traces; fisher: empirical Fisher diagonal (first-order Taylor)")
+    sensitivity: Literal["hutchinson", "fisher", "input_trace"] = Field(
+        "hutchinson", description="hutchinson: loss-Hessian traces (HAWQ-V2); fisher: empirical Fisher diagonal; "
+                                  "input_trace: layer-input Hessians, no backward pass (cheap, but blind to how "
+                                  "a layer's error reaches the loss)")
     solver: Literal["dp", "milp"] = "dp"
     hutchinson: HutchinsonConfig = HutchinsonConfig()
     gradient_sequences: int = Field(16, ge=1, description="calibration sequences for hutchinson/fisher")
@@ -165,6 +169,8 @@ class ReportConfig(StrictModel):
     test_seq_len: int = Field(128, ge=8, description="chunk length of the held-out (test split) evaluation")
     test_max_chunks: int | None = Field(64, ge=1)
     baseline_dp: bool = Field(True, description="also report the dp allocation (cheap: no extra quantization)")
+    pareto_uniform_levels: bool = Field(True, description="also measure uniform at every width (the pareto "
+                                                          "plot's reference curve; one test evaluation each)")
 
 
 class SearchSpec(JobSpecBase):

@@ -1,0 +1,253 @@
+"""The level database: every searched linear layer quantized at each candidate width, and models stitched from it.
+
+Built once per (model, calibration data, level settings) and stored as a derived artifact that every
+search, sweep and rerun on the same inputs reuses. Layout of the directory::
+
+    levels.json               {"version", "bits", "method", "group_size", "symmetric", "layers": [
+                                 {"name", "block", "shape": [out, in], "numel", "transposed", "bias",
+                                  "input_trace": Tr(H_in), "levels": [{"bits", "storage_bits",
+                                  "effective_bits", "rel_error", "weight_sq_error", "act_order"}]}]}
+    level-<bits>.safetensors  per layer `<name>.qweight`, `.scales`, `.qzeros`, `.g_idx` (packed codes)
+    artifact.json
+
+All levels of a layer come from the same input Hessian. Block k's Hessians are taken on the inputs the
+unquantized blocks before it produce: at database time the levels of earlier layers are not chosen yet,
+so the dense model is the one calibration stream every allocation shares.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from bitsmith.kernels.gptq import output_relative_error
+from bitsmith.kernels.qlinear import QuantizedLinear
+from bitsmith.platform.specs.search import LevelsConfig
+
+log = logging.getLogger(__name__)
+LEVEL_DB_VERSION = "level-db/1"
+CALIBRATION_SEED = 0  # fixed, so searches with different seeds share one database
+LEVELS_FILE = "levels.json"
+
+
+@dataclass(frozen=True)
+class Level:
+    bits: int
+    storage_bits: int  # codes + scales + zero points (+ g_idx) of the layer
+    effective_bits: float
+    rel_error: float  # ||(W - Ŵ) X||² / ||W X||² on the calibration inputs
+    weight_sq_error: float  # ||W - Ŵ||²
+    act_order: bool
+
+
+@dataclass(frozen=True)
+class LayerLevels:
+    name: str
+    block: int
+    shape: tuple[int, int]  # [out, in]
+    transposed: bool
+    bias: bool
+    group_size: int
+    input_trace: float  # Tr(H_in), H_in = 2 X^T X / n
+    levels: tuple[Level, ...]
+
+    @property
+    def numel(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+
+@dataclass(frozen=True)
+class LevelDB:
+    path: Path
+    bits: tuple[int, ...]
+    symmetric: bool
+    method: dict[str, Any]
+    layers: tuple[LayerLevels, ...]
+
+    @property
+    def names(self) -> list[str]:
+        return [layer.name for layer in self.layers]
+
+    def total_params(self) -> int:
+        return sum(layer.numel for layer in self.layers)
+
+    def nominal_bits(self, allocation: list[int]) -> float:
+        """Average nominal bits per weight of an allocation (level index per layer)."""
+        total = sum(layer.numel * layer.levels[lv].bits for layer, lv in zip(self.layers, allocation))
+        return total / self.total_params()
+
+    def storage_bits(self, allocation: list[int]) -> int:
+        return sum(layer.levels[lv].storage_bits for layer, lv in zip(self.layers, allocation))
+
+    def effective_bits(self, allocation: list[int]) -> float:
+        return self.storage_bits(allocation) / self.total_params()
+
+    def bits_of(self, allocation: list[int]) -> dict[str, int]:
+        return {layer.name: layer.levels[lv].bits for layer, lv in zip(self.layers, allocation)}
+
+
+def level_db_key(model_digest: str, calibration_digest: str, cfg: LevelsConfig, modules: dict[str, Any]) -> str:
+    """sha256 over everything the database's content depends on (and the version of this code)."""
+    payload = {"version": LEVEL_DB_VERSION, "model": model_digest, "calibration": calibration_digest,
+               "split": "calibration", "sample_seed": CALIBRATION_SEED, "levels": cfg.model_dump(mode="json"),
+               "modules": modules}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _level_file(directory: Path, bits: int) -> Path:
+    return directory / f"level-{bits}.safetensors"
+
+
+def write_level_db(directory: Path, cfg: LevelsConfig, layers: list[LayerLevels],
+                   packed: dict[int, dict[str, Tensor]], meta: dict[str, Any]) -> None:
+    """Write `levels.json`, one safetensors file per width, and `artifact.json` into `directory`."""
+    for bits, tensors in packed.items():
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(_level_file(directory, bits)),
+                  metadata={"bits": str(bits), "version": LEVEL_DB_VERSION})
+    doc = {"version": LEVEL_DB_VERSION, "bits": list(cfg.bits), "method": cfg.method.model_dump(mode="json"),
+           "group_size": cfg.group_size, "symmetric": cfg.symmetric,
+           "layers": [{"name": x.name, "block": x.block, "shape": list(x.shape), "numel": x.numel,
+                       "transposed": x.transposed, "bias": x.bias, "group_size": x.group_size,
+                       "input_trace": x.input_trace, "levels": [vars(lv) for lv in x.levels]} for x in layers]}
+    (directory / LEVELS_FILE).write_text(json.dumps(doc, indent=1) + "\n")
+    (directory / "artifact.json").write_text(json.dumps({"kind": "level-db", **meta}, indent=2, sort_keys=True))
+
+
+def load_level_db(directory: str | Path) -> LevelDB:
+    directory = Path(directory)
+    doc = json.loads((directory / LEVELS_FILE).read_text())
+    layers = tuple(
+        LayerLevels(name=x["name"], block=x["block"], shape=tuple(x["shape"]), transposed=x["transposed"],
+                    bias=x["bias"], group_size=x["group_size"], input_trace=x["input_trace"],
+                    levels=tuple(Level(**lv) for lv in x["levels"]))
+        for x in doc["layers"])
+    return LevelDB(path=directory, bits=tuple(doc["bits"]), symmetric=doc["symmetric"], method=doc["method"],
+                   layers=layers)
+
+
+def quantize_levels(name: str, weight: Tensor, hessian: Tensor | None, cfg: LevelsConfig, group_size: int,
+                    quantize_fn: Any) -> tuple[list[Level], dict[int, dict[str, Tensor]], list[str]]:
+    """One layer at every width of `cfg.bits` from the same Hessian: (levels, packed buffers per width, warnings)."""
+    levels: list[Level] = []
+    packed: dict[int, dict[str, Tensor]] = {}
+    warnings: list[str] = []
+    for bits in cfg.bits:
+        qw, warn = quantize_fn(weight, hessian, cfg.method, bits, group_size, cfg.symmetric, False)
+        warnings += [f"{bits} bits: {w}" for w in warn]
+        layer = QuantizedLinear.from_quantized(qw)
+        w_hat = qw.dequantize()
+        rel = output_relative_error(weight, w_hat, hessian) if hessian is not None else float("nan")
+        levels.append(Level(bits=bits, storage_bits=int(layer.storage_bits()),
+                            effective_bits=layer.effective_bits_per_weight(),
+                            rel_error=rel if math.isfinite(rel) else float(((weight - w_hat) ** 2).sum()
+                                                                            / (weight ** 2).sum().clamp(min=1e-30)),
+                            weight_sq_error=float(((weight - w_hat) ** 2).sum()), act_order=qw.g_idx is not None))
+        packed[bits] = {f"{name}.{k}": v for k, v in layer.state_dict().items() if v is not None and k != "bias"}
+    return levels, packed, warnings
+
+
+class LevelWeights:
+    """Packed level weights read lazily from the database files (a layer's level is read once)."""
+
+    def __init__(self, db: LevelDB):
+        self.db = db
+        self._cache: dict[tuple[int, int], Tensor] = {}
+
+    def packed_layer(self, index: int, level: int, bias: Tensor | None = None) -> QuantizedLinear:
+        layer, lv = self.db.layers[index], self.db.layers[index].levels[level]
+        out_f, in_f = layer.shape
+        q = QuantizedLinear(in_f, out_f, lv.bits, layer.group_size, self.db.symmetric, has_g_idx=lv.act_order,
+                            bias=bias is not None, bias_dtype=bias.dtype if bias is not None else torch.float32)
+        with safe_open(str(_level_file(self.db.path, lv.bits)), framework="pt") as f:
+            state = {k: f.get_tensor(f"{layer.name}.{k}") for k in ("qweight", "scales", "qzeros", "g_idx")
+                     if f"{layer.name}.{k}" in f.keys()}
+        if bias is not None:
+            state["bias"] = bias.detach().clone()
+        q.load_state_dict(state, strict=True)
+        return q
+
+    def dense(self, index: int, level: int) -> Tensor:
+        """The dequantized [out, in] weight of one layer at one level (cached)."""
+        key = (index, level)
+        if key not in self._cache:
+            self._cache[key] = self.packed_layer(index, level).dequantized_weight(torch.float32)
+        return self._cache[key]
+
+
+class AllocationModel:
+    """A model copy whose searched layers hold the dequantized weights of an allocation.
+
+    `apply(allocation)` swaps in only the layers whose level changed since the last call.
+    """
+
+    def __init__(self, model: nn.Module, db: LevelDB):
+        self.model = model
+        self.db = db
+        self.weights = LevelWeights(db)
+        self.modules = [model.get_submodule(layer.name) for layer in db.layers]
+        self.dense_weights = [m.weight.detach().clone() for m in self.modules]
+        self.current: list[int | None] = [None] * len(db.layers)
+
+    @torch.no_grad()
+    def apply(self, allocation: list[int] | None) -> nn.Module:
+        """Set the allocation's weights (None: the unquantized model) and return the model."""
+        for i, module in enumerate(self.modules):
+            level = None if allocation is None else int(allocation[i])
+            if level == self.current[i]:
+                continue
+            w = self.dense_weights[i] if level is None else self.weights.dense(i, level)
+            if level is not None and self.db.layers[i].transposed:
+                w = w.T
+            module.weight.data.copy_(w.to(module.weight.dtype))
+            self.current[i] = level
+        return self.model
+
+
+@torch.no_grad()
+def build_level_db(directory: Path, model: nn.Module, plans: dict[str, Any], batches: list[Tensor],
+                   cfg: LevelsConfig, meta: dict[str, Any], progress: Any = None) -> None:
+    """Quantize every planned layer at every width, block by block (one block's activations in memory).
+
+    `plans` come from `quantize.plan_layers`; `batches` are the calibration token batches. Block k's
+    inputs are the outputs of the unquantized blocks before it (see the module docstring).
+    """
+    from bitsmith.workers import quantize as q
+
+    layout = q.architecture_layout(model)
+    quantize_fn = q.method_for(cfg.method.type)
+    device = torch.device("cpu")
+    calls = q.capture_block_inputs(model, layout, batches, device) if batches else []
+    blocks = model.get_submodule(layout.blocks)
+    layers: list[LayerLevels] = []
+    packed: dict[int, dict[str, Tensor]] = {b: {} for b in cfg.bits}
+    for k, block in enumerate(blocks):
+        targets = {p.name: model.get_submodule(p.name) for p in plans.values() if p.block == k}
+        hessians = q.collect_hessians(block, targets, calls, device)
+        for name, module in targets.items():
+            plan = plans[name]
+            weight = q.dense_weight(module).detach().float().clone()
+            hessian = hessians.get(name)
+            levels, tensors, warnings = quantize_levels(name, weight, hessian, cfg, plan.group_size, quantize_fn)
+            for w in warnings:
+                log.warning("%s: %s", name, w)
+            for bits, t in tensors.items():
+                packed[bits].update(t)
+            trace = float(torch.diagonal(hessian).sum()) if hessian is not None else float(weight.shape[1])
+            layers.append(LayerLevels(name=name, block=k, shape=tuple(weight.shape), transposed=plan.transposed,
+                                      bias=getattr(module, "bias", None) is not None, group_size=plan.group_size,
+                                      input_trace=trace, levels=tuple(levels)))
+        hessians.clear()
+        if calls:
+            calls = [(q.block_output(block(h, *a, **kw)), a, kw) for h, a, kw in calls]
+        if progress is not None:
+            progress.update(1, block=k)
+    write_level_db(directory, cfg, layers, packed, meta)

@@ -1,0 +1,399 @@
+"""`search` jobs: per-layer bit allocation of one model under a budget (mixed-precision quantization).
+
+Reads top to bottom: load the model and calibration texts; get the level database (every layer at
+every width, a derived artifact shared across runs); turn the budget into per-layer costs; allocate with
+the chosen method and always with `uniform` (and `dp`, which is free once the database exists);
+measure each allocation on the held-out test split; write the allocation, the stitched quantized model,
+the report and its plots.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from bitsmith.platform.context import OutputArtifact, RunContext, WorkerOutputs
+from bitsmith.platform.errors import DataError, SpecError
+from bitsmith.platform.specs.quantize import QuantizeInputs, QuantizeSpec
+from bitsmith.platform.specs.search import (BisectMethod, DPMethod, EvoMethod, HessianMethod,
+                                            QualityBudget, SearchSpec, SizeBudget, UniformMethod)
+
+from . import quant_format
+from .allocation import evo, knapsack, sensitivity
+from .allocation.bisect import bisect_drop
+from .allocation.levels import AllocationModel, LevelDB, build_level_db, level_db_key, load_level_db
+from .allocation.levels import CALIBRATION_SEED
+from .models import load_model_and_tokenizer
+
+log = logging.getLogger(__name__)
+Allocation = list[int]
+
+
+@dataclass
+class SearchEnv:
+    """What every allocation method may use."""
+
+    spec: SearchSpec
+    ctx: RunContext
+    db: LevelDB
+    db_key: str
+    model_dir: Path
+    model: nn.Module  # the unquantized model (read-only)
+    tokenizer: Any
+    costs: list[list[int]]
+    budget_cost: int | None  # None for a quality budget
+    calibration_texts: list[str]
+
+
+# -- methods registry ----------------------------------------------------------------------------------
+AllocateFn = Callable[[Any, SearchEnv], tuple[Allocation, dict[str, Any]]]
+ALLOCATORS: dict[str, AllocateFn] = {}
+
+
+def allocator(name: str) -> Callable[[AllocateFn], AllocateFn]:
+    def add(fn: AllocateFn) -> AllocateFn:
+        ALLOCATORS[name] = fn
+        return fn
+    return add
+
+
+def allocator_for(name: str) -> AllocateFn:
+    try:
+        return ALLOCATORS[name]
+    except KeyError:
+        raise SpecError(f"method.type: unknown search method {name!r}; expected one of "
+                        f"{', '.join(sorted(ALLOCATORS))}") from None
+
+
+# -- the job ----------------------------------------------------------------------------------------
+def run(spec: SearchSpec, ctx: RunContext) -> WorkerOutputs:
+    start = time.perf_counter()
+    torch.set_num_threads(spec.threads or max(1, int(ctx.cpus)))
+    ctx.seed_everything()
+    model_in, data_in = ctx.input("model"), ctx.input("calibration")
+    if quant_format.is_bitsmith_quantized(model_in.path):
+        raise DataError(f"inputs.model: {model_in.path} is already quantized; expected an unquantized model")
+    model, tokenizer = load_model_and_tokenizer(model_in.path, "cpu", torch.float32)
+    from .data.datasets import read_texts
+
+    texts = read_texts(data_in.path, "calibration")
+
+    # 1. the level database, shared by every search on the same model, data and level settings
+    db_key = level_db_key(model_in.digest, data_in.digest, spec.levels, spec.modules.model_dump(mode="json"))
+    db_dir = ctx.cached_artifact(db_key, "level-db", lambda out: _build_levels(spec, ctx, model, tokenizer, texts,
+                                                                                out, db_key, model_in.digest))
+    db = load_level_db(db_dir)
+
+    # 2. the budget as per-layer integer costs
+    costs, budget_cost = budget_costs(spec, db)
+    env = SearchEnv(spec, ctx, db, db_key, model_in.path, model, tokenizer, costs, budget_cost, texts)
+
+    # 3. allocate: the chosen method, uniform always, dp when cheap
+    chosen, details = allocator_for(spec.method.type)(spec.method, env)
+    uniform = uniform_allocation(costs, budget_cost if budget_cost is not None
+                                 else knapsack.allocation_cost(costs, chosen), spec)
+    results = {spec.method.type: chosen, "uniform": uniform}
+    if spec.report.baseline_dp and budget_cost is not None and "dp" not in results:
+        results["dp"] = allocate_dp(DPMethod(), env)[0]
+
+    # 4. measure every allocation on the held-out test split
+    rows = measure(env, results)
+    log.info("search: %s", json.dumps(rows))
+    return write_outputs(env, chosen, rows, details, model_in.digest, time.perf_counter() - start)
+
+
+def _build_levels(spec: SearchSpec, ctx: RunContext, model: nn.Module, tokenizer: Any, texts: list[str],
+                  out: Path, key: str, model_digest: str) -> None:
+    from . import quantize
+
+    plan_spec = QuantizeSpec(inputs=QuantizeInputs(model="model", calibration="calibration"),
+                             method=spec.levels.method, bits=spec.levels.bits[0], group_size=spec.levels.group_size,
+                             symmetric=spec.levels.symmetric, modules=spec.modules)
+    plans = quantize.plan_layers(model, quantize.architecture_layout(model), plan_spec)
+    cfg = spec.levels
+    batches = quantize.calibration_batches(texts, tokenizer, cfg.sequences, cfg.seq_len, cfg.batch_size,
+                                           CALIBRATION_SEED)
+    n_blocks = len(model.get_submodule(quantize.architecture_layout(model).blocks))
+    meta = {"key": key, "base_model_digest": model_digest, "bits": list(cfg.bits), "group_size": cfg.group_size,
+            "method": cfg.method.type, "layers": len(plans)}
+    with ctx.progress(total=n_blocks, desc="level database") as bar:
+        build_level_db(out, model, plans, batches, cfg, meta, progress=bar)
+
+
+def budget_costs(spec: SearchSpec, db: LevelDB) -> tuple[list[list[int]], int | None]:
+    """Per-layer costs in bits and the budget in the same unit; DataError when no allocation can meet it."""
+    budget = spec.budget
+    if isinstance(budget, SizeBudget):
+        costs = [[lv.storage_bits for lv in layer.levels] for layer in db.layers]
+        cap, field, shown = budget.size_bytes * 8, "budget.size_bytes", lambda c: f"{math.ceil(c / 8)} bytes"
+    else:
+        costs = [[lv.bits * layer.numel for lv in layer.levels] for layer in db.layers]
+        if isinstance(budget, QualityBudget):
+            return costs, None
+        cap = math.floor(budget.bits_per_weight * db.total_params() + 1e-6)
+        field, shown = "budget.bits_per_weight", lambda c: f"{c / db.total_params():.4g} bits per weight"
+    low, high = sum(min(c) for c in costs), sum(max(c) for c in costs)
+    if cap < low:
+        raise DataError(f"{field}: below the smallest allocation (every layer at the lowest level: {shown(low)}); "
+                        f"expected between {shown(low)} and {shown(high)}")
+    if cap > high:
+        raise DataError(f"{field}: above the largest allocation (every layer at the highest level: "
+                        f"{shown(high)}), so there is nothing to search; expected between {shown(low)} and "
+                        f"{shown(high)}")
+    return costs, cap
+
+
+def uniform_allocation(costs: list[list[int]], cap: int, spec: SearchSpec) -> Allocation:
+    """Every layer at the widest level whose total cost fits `cap` (the lowest level if none does)."""
+    n_levels = len(spec.levels.bits)
+    best = 0
+    for lv in range(n_levels):
+        if sum(c[lv] for c in costs) <= cap:
+            best = lv
+    return [best] * len(costs)
+
+
+# -- methods ----------------------------------------------------------------------------------------
+@allocator("uniform")
+def allocate_uniform(method: UniformMethod, env: SearchEnv) -> tuple[Allocation, dict[str, Any]]:
+    return uniform_allocation(env.costs, env.budget_cost, env.spec), {}
+
+
+def _error_losses(env: SearchEnv, weighting: str) -> list[list[float]]:
+    return [[lv.rel_error * (layer.numel if weighting == "params" else 1) for lv in layer.levels]
+            for layer in env.db.layers]
+
+
+@allocator("dp")
+def allocate_dp(method: DPMethod, env: SearchEnv) -> tuple[Allocation, dict[str, Any]]:
+    allocation = knapsack.solve(method.solver, env.costs, _error_losses(env, method.weighting), env.budget_cost)
+    if allocation is None:
+        raise DataError("budget: the knapsack found no allocation within the budget; expected a larger budget")
+    return allocation, {"solver": method.solver}
+
+
+@allocator("hessian")
+def allocate_hessian(method: HessianMethod, env: SearchEnv) -> tuple[Allocation, dict[str, Any]]:
+    def batch() -> Tensor:
+        from .quantize import calibration_batches
+
+        cfg = env.spec.levels
+        return calibration_batches(env.calibration_texts, env.tokenizer, method.gradient_sequences, cfg.seq_len,
+                                   method.gradient_sequences, env.ctx.seed)[0]
+
+    losses, extra = sensitivity.sensitivities(method, env.db, lambda: copy.deepcopy(env.model), batch, env.ctx.seed)
+    allocation = knapsack.solve(method.solver, env.costs, losses, env.budget_cost)
+    if allocation is None:
+        raise DataError("budget: the knapsack found no allocation within the budget; expected a larger budget")
+    return allocation, {"sensitivity": method.sensitivity, "solver": method.solver, **extra,
+                        "losses": {layer.name: row for layer, row in zip(env.db.layers, losses)}}
+
+
+@allocator("evo")
+def allocate_evo(method: EvoMethod, env: SearchEnv) -> tuple[Allocation, dict[str, Any]]:
+    from .evaluators.kl import compute_reference_logits
+    from .quantize import calibration_batches
+
+    ctx, cfg = env.ctx, env.spec.levels
+    # Fitness sequences: calibration windows with the unquantized model's log-probs cached once.
+    seqs = torch.cat(calibration_batches(env.calibration_texts, env.tokenizer, method.fitness_sequences,
+                                         method.fitness_seq_len, method.fitness_sequences, ctx.seed + 1))
+    reference_file = ctx.work_dir / "fitness_reference.safetensors"
+    if not reference_file.exists():
+        from safetensors.torch import save_file
+
+        save_file(compute_reference_logits(env.model, seqs, top_k=method.fitness_top_k), str(reference_file))
+    start = (knapsack.solve("dp", env.costs, _error_losses(env, "params"), env.budget_cost)
+             if method.init == "dp" else fill_greedily(uniform_allocation(env.costs, env.budget_cost, env.spec),
+                                                         env.costs, env.budget_cost, random.Random(ctx.seed)))
+    resume = None
+    if ctx.resume_checkpoint is not None and (Path(ctx.resume_checkpoint) / evo.STATE_FILE).is_file():
+        resume = evo.load_state(Path(ctx.resume_checkpoint), env.db_key, len(env.db.layers))
+        log.info("evo: resuming at generation %d", resume.generation)
+    resumed_from = resume.generation if resume is not None else None
+
+    def save(state: dict[str, Any], generation: int) -> None:
+        directory = ctx.work_dir / "checkpoints" / f"evo-{generation:06d}"
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / evo.STATE_FILE).write_text(json.dumps(state))
+        ctx.save_checkpoint(directory, generation, {"generation": generation, "method": "evo"})
+
+    started = time.perf_counter()
+    with ctx.actor_pool(evo.FitnessActor, method.n_actors, str(env.model_dir), str(env.db.path),
+                        str(reference_file), threads=1) as pool, \
+            ctx.progress(total=method.generations - (resumed_from or 0), desc="evo") as bar:
+        state = evo.evolve(method, env.db, start, pool, seqs.shape[0], ctx.seed, env.db_key,
+                           lambda m, step: ctx.log_metrics(m, step=step), save, resume=resume, progress=bar)
+    seconds = time.perf_counter() - started
+    return state.parent, {"generations": state.generation, "evaluations": state.evaluations,
+                          "resumed_from": resumed_from, "seconds": seconds,
+                          "history": state.history}
+
+
+@allocator("bisect")
+def allocate_bisect(method: BisectMethod, env: SearchEnv) -> tuple[Allocation, dict[str, Any]]:
+    """Order layers by input-trace sensitivity of the drop, then bisect on measured calibration perplexity."""
+    from .evaluators.perplexity import chunk_tokens, token_perplexity, tokenize_joined
+
+    bits = list(env.spec.levels.bits)
+    high, low = bits.index(method.high_bits), bits.index(method.low_bits)
+    losses = sensitivity.from_traces(env.db, sensitivity.input_traces(env.db))
+    order = sorted(range(len(env.db.layers)), key=lambda i: losses[i][low] - losses[i][high])
+    chunks = chunk_tokens(tokenize_joined(env.tokenizer, env.calibration_texts),
+                          env.spec.report.test_seq_len, method.eval_sequences)
+    stitched = AllocationModel(copy.deepcopy(env.model), env.db)
+    reference_ppl = token_perplexity(stitched.apply(None), chunks)
+    limit = reference_ppl * (1 + env.spec.budget.max_ppl_increase_pct / 100)
+    measured: list[float] = []
+
+    def within(allocation: Allocation) -> bool:
+        ppl = token_perplexity(stitched.apply(allocation), chunks)
+        measured.append(ppl)
+        env.ctx.log_metrics({"bisect/calibration_ppl": ppl}, step=len(measured))
+        return ppl <= limit
+
+    allocation, probes = bisect_drop(order, high, low, len(env.db.layers), within)
+    for probe, ppl in zip(probes, measured):
+        probe["calibration_ppl"] = ppl
+    met = any(p["within"] and p["dropped_layers"] == sum(a == low for a in allocation) for p in probes)
+    if not met:
+        log.warning("bisect: even every layer at %d bits misses the quality budget", method.high_bits)
+    return allocation, {"reference_calibration_ppl": reference_ppl, "limit_ppl": limit, "probes": probes,
+                        "met": met}
+
+
+def fill_greedily(allocation: Allocation, costs: list[list[int]], cap: int, rng: random.Random) -> Allocation:
+    """Raise random layers one level at a time while the total stays within `cap`."""
+    allocation = list(allocation)
+    total = knapsack.allocation_cost(costs, allocation)
+    while True:
+        up = [i for i, lv in enumerate(allocation) if lv + 1 < len(costs[i])
+              and total - costs[i][lv] + costs[i][lv + 1] <= cap]
+        if not up:
+            return allocation
+        i = rng.choice(up)
+        total += costs[i][allocation[i] + 1] - costs[i][allocation[i]]
+        allocation[i] += 1
+
+
+# -- measuring and writing ----------------------------------------------------------------------------
+def measure(env: SearchEnv, results: dict[str, Allocation]) -> list[dict[str, Any]]:
+    """One row per allocation: bits, size and held-out (test split) perplexity and KL to the model."""
+    from .data.datasets import read_texts
+    from .evaluators.kl import compute_reference_logits, kl_to_reference
+    from .evaluators.perplexity import chunk_tokens, token_perplexity, tokenize_joined
+
+    cfg = env.spec.report
+    test_texts = read_texts(env.ctx.input("calibration").path, "test")
+    ids = tokenize_joined(env.tokenizer, test_texts)
+    if ids.numel() < cfg.test_seq_len:
+        raise DataError(f"inputs.calibration: test split has {ids.numel()} tokens, fewer than "
+                        f"report.test_seq_len={cfg.test_seq_len}; expected a longer test split")
+    chunks = chunk_tokens(ids, cfg.test_seq_len, cfg.test_max_chunks)
+    stitched = AllocationModel(copy.deepcopy(env.model), env.db)
+    reference = compute_reference_logits(stitched.apply(None), chunks)
+    rows = [{"method": "unquantized", "avg_bits": None, "effective_bits_per_weight": None, "size_bytes": None,
+             "test_token_ppl": token_perplexity(stitched.model, chunks), "test_kl": 0.0}]
+    for name, allocation in results.items():
+        model = stitched.apply(allocation)
+        rows.append({"method": name, "avg_bits": env.db.nominal_bits(allocation),
+                     "effective_bits_per_weight": env.db.effective_bits(allocation),
+                     "size_bytes": math.ceil(env.db.storage_bits(allocation) / 8),
+                     "test_token_ppl": token_perplexity(model, chunks),
+                     "test_kl": kl_to_reference(model, chunks, reference)})
+    if cfg.pareto_uniform_levels:  # the pareto plot's reference curve: uniform at every width
+        for lv, bits in enumerate(env.db.bits):
+            model = stitched.apply([lv] * len(env.db.layers))
+            rows.append({"method": f"uniform-{bits}bit", "avg_bits": float(bits),
+                         "effective_bits_per_weight": env.db.effective_bits([lv] * len(env.db.layers)),
+                         "size_bytes": math.ceil(env.db.storage_bits([lv] * len(env.db.layers)) / 8),
+                         "test_token_ppl": token_perplexity(model, chunks),
+                         "test_kl": kl_to_reference(model, chunks, reference)})
+    return rows[1:len(results) + 1] + rows[:1] + rows[len(results) + 1:]
+
+
+def stitch_model(env: SearchEnv, allocation: Allocation) -> nn.Module:
+    """A copy of the model whose searched layers are the allocation's packed `QuantizedLinear`s."""
+    from .allocation.levels import LevelWeights
+
+    model = copy.deepcopy(env.model)
+    weights = LevelWeights(env.db)
+    for i, (layer, lv) in enumerate(zip(env.db.layers, allocation)):
+        module = model.get_submodule(layer.name)
+        bias = module.bias.detach() if getattr(module, "bias", None) is not None else None
+        quant_format.replace_module(model, layer.name, weights.packed_layer(i, lv, bias))
+    return model
+
+
+def write_outputs(env: SearchEnv, allocation: Allocation, rows: list[dict[str, Any]], details: dict[str, Any],
+                  model_digest: str, seconds: float) -> WorkerOutputs:
+    from .allocation import plots
+
+    spec, ctx, db = env.spec, env.ctx, env.db
+    chosen = rows[0]
+    uniform = next(r for r in rows if r["method"] == "uniform")
+    layers = {layer.name: {"bits": layer.levels[lv].bits, "group_size": layer.group_size}
+              for layer, lv in zip(db.layers, allocation)}
+    meta = {"kind": "allocation", "method": spec.method.type, "avg_bits": chosen["avg_bits"],
+            "effective_bits_per_weight": chosen["effective_bits_per_weight"], "size_bytes": chosen["size_bytes"],
+            "budget": spec.budget.model_dump(mode="json"), "levels": list(db.bits), "level_db": env.db_key,
+            "base_model_digest": model_digest, "n_layers": len(layers)}
+    alloc_dir = ctx.output_path("allocation")
+    alloc_dir.mkdir(parents=True, exist_ok=True)
+    (alloc_dir / "allocation.json").write_text(json.dumps({"layers": layers, **meta}, indent=2) + "\n")
+    (alloc_dir / "artifact.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+    model = stitch_model(env, allocation)
+    modules = {name: quant_format.module_entry(model.get_submodule(name), transposed=layer.transposed)
+               for name, layer in zip(db.names, db.layers)}
+    quant_config = {"method": db.method, "bits": None, "mixed_precision": True, "avg_bits": chosen["avg_bits"],
+                    "group_size": spec.levels.group_size, "symmetric": db.symmetric, "mse_clip": False,
+                    "scale_dtype": "float16", "modules": modules}
+    model_meta = {"kind": "quantized-model", "format": quant_format.FORMAT, "method": f"search-{spec.method.type}",
+                  "bits": None, "avg_bits": chosen["avg_bits"], "group_size": spec.levels.group_size,
+                  "symmetric": db.symmetric, "effective_bits_per_weight": chosen["effective_bits_per_weight"],
+                  "base_model_digest": model_digest}
+    model_dir = quant_format.save_quantized_model(model, ctx.output_path("model"), quant_config,
+                                                  source_dir=env.model_dir, artifact_meta=model_meta)
+
+    report = {"summary": {"method": spec.method.type, "budget": spec.budget.model_dump(mode="json"),
+                          "seconds": seconds, "level_db": env.db_key},
+              "table": rows, "details": details, "allocation": layers,
+              "levels": [{"name": layer.name, "shape": list(layer.shape),
+                          "levels": [vars(lv) for lv in layer.levels]} for layer in db.layers]}
+    report_path = ctx.output_path("report.json")
+    report_path.write_text(json.dumps(report, indent=2, default=float) + "\n")
+    artifacts = {
+        "allocation": OutputArtifact(alloc_dir, kind="allocation", metadata=meta),
+        "model": OutputArtifact(model_dir, kind="quantized-model", metadata=model_meta),
+        "report": OutputArtifact(report_path, kind="report", metadata={"method": spec.method.type}),
+    }
+    plots = plots.write_plots(ctx, db, allocation, rows)
+    artifacts.update(plots)
+
+    metrics = {"avg_bits": chosen["avg_bits"], "effective_bits_per_weight": chosen["effective_bits_per_weight"],
+               "size_bytes": float(chosen["size_bytes"]), "test/token_ppl": chosen["test_token_ppl"],
+               "kl": chosen["test_kl"], "uniform/avg_bits": uniform["avg_bits"],
+               "uniform/test/token_ppl": uniform["test_token_ppl"], "uniform/kl": uniform["test_kl"],
+               "seconds": seconds}
+    for row in rows:
+        if row["method"] not in (chosen["method"], "uniform") and row["avg_bits"] is not None:
+            metrics[f"{row['method']}/test/token_ppl"] = row["test_token_ppl"]
+            metrics[f"{row['method']}/kl"] = row["test_kl"]
+        if row["method"] == "unquantized":
+            metrics["unquantized/test/token_ppl"] = row["test_token_ppl"]
+    if "evaluations" in details:
+        metrics["evaluations"] = float(details["evaluations"])
+    ctx.log_metrics(metrics)
+    ctx.flush_metrics()
+    return WorkerOutputs(artifacts=artifacts, metrics=metrics)
