@@ -154,14 +154,16 @@ def _print_results(ctx: click.Context, results: list[Any]) -> None:
         m = finals.get(rid, {})
         rows.append({"name": run.name, "model": model, "ppl": m.get("test/token_ppl"), "kl": m.get("kl"),
                      "method": model.metadata.get("method", "fp32"), "bits": model.metadata.get("bits"),
-                     "eff": model.metadata.get("effective_bits_per_weight", 32.0), "run": rid})
+                     "eff": model.metadata.get("effective_bits_per_weight", 32.0), "run": rid,
+                     "avg": model.metadata.get("avg_bits")})
     fp = next((r for r in rows if r["method"] == "fp32"), None)
     table = Table(title="demo results: held-out token perplexity (pydoc test split) and KL to the fp32 model")
     for col in ("model", "method", "bits", "bits/weight (effective)", "token ppl", "Δ ppl vs fp32", "KL to fp32"):
         table.add_column(col, justify="right" if col not in ("model", "method") else "left")
     for r in rows:
         delta = f"{100 * (r['ppl'] / fp['ppl'] - 1):+.2f}%" if fp and r["ppl"] and fp["ppl"] else "-"
-        table.add_row(r["model"].name or short(r["model"].digest), r["method"], str(r["bits"] or 32),
+        bits = (str(r["bits"]) if r["bits"] else f"{r['avg']:.2f} mixed" if r["avg"] else "32")
+        table.add_row(r["model"].name or short(r["model"].digest), r["method"], bits,
                       f"{r['eff']:.3f}", fmt_value(r["ppl"]) if r["ppl"] else "-", delta,
                       f"{r['kl']:.5f}" if r["kl"] is not None else "-")
     con = stdout_console()
@@ -176,6 +178,14 @@ def _print_results(ctx: click.Context, results: list[Any]) -> None:
             con.print(render.render_tree(graph, ("artifact", report.digest), down=False))
     plot = _plot_quality_vs_bits(ctx, rows)
     train = next((r.id for r in runs if r.kind == "train" and r.spec["mode"]["type"] == "pretrain"), None)
+    for search_run in (r for r in runs if r.kind == "search"):
+        m = finals.get(search_run.id, {})
+        if "test/token_ppl" in m and "uniform/test/token_ppl" in m:
+            dp = f", additive-error DP {m['dp/test/token_ppl']:.3f}" if "dp/test/token_ppl" in m else ""
+            con.print(f"\n[bold]bit allocation[/] ({search_run.name}, {search_run.spec['method']['type']} at "
+                      f"{m.get('avg_bits', float('nan')):.2f} bits/weight): held-out token ppl "
+                      f"{m['test/token_ppl']:.3f} vs uniform {m['uniform/test/token_ppl']:.3f}{dp} "
+                      "(same levels, same budget)")
     for rl_run in (r for r in runs if r.kind == "rl"):
         m = finals.get(rl_run.id, {})
         if "accuracy/train_before" in m:
@@ -213,6 +223,10 @@ def _plot_quality_vs_bits(ctx: click.Context, rows: list[dict[str, Any]]) -> Pat
         pts = sorted((r["eff"], r["ppl"]) for r in rows if r["method"] == method)
         if pts:
             ax.plot(*zip(*pts), marker=marker, label=method.upper())
+    for r in rows:
+        if r["method"].startswith("search-"):
+            ax.plot([r["eff"]], [r["ppl"]], marker="*", markersize=12, linestyle="none",
+                    label=f"{r['method']} (mixed, per-channel levels)")
     fp = [r for r in rows if r["method"] == "fp32"]
     if fp:
         ax.axhline(fp[0]["ppl"], color="gray", linestyle="--", label="fp32")
