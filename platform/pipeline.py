@@ -7,7 +7,6 @@ through the same submission path as `bitsmith submit`, so finished steps are cac
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable

@@ -204,7 +204,7 @@ def allocate_evo(method: EvoMethod, env: SearchEnv) -> tuple[Allocation, dict[st
     from .evaluators.kl import compute_reference_logits
     from .quantize import calibration_batches
 
-    ctx, cfg = env.ctx, env.spec.levels
+    ctx = env.ctx
     # Fitness sequences: calibration windows with the unquantized model's log-probs cached once.
     seqs = torch.cat(calibration_batches(env.calibration_texts, env.tokenizer, method.fitness_sequences,
                                          method.fitness_seq_len, method.fitness_sequences, ctx.seed + 1))

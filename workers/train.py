@@ -11,11 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import random
-import shutil
 import time
-import uuid
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +26,7 @@ from bitsmith.platform.errors import DataError, JobError
 from bitsmith.platform.specs.train import LlamaArch, TrainSpec
 from bitsmith.workers.data.batches import IGNORE, TokenBlocks, batch_indices, pack_documents, sft_examples, unigram_ppl
 from bitsmith.workers.data.datasets import dataset_info, read_split, read_texts
+from bitsmith.workers.checkpoints import read_checkpoint, write_checkpoint
 from bitsmith.workers.data.tokenizer import encode_plain, save_tokenizer, train_tokenizer
 
 log = logging.getLogger(__name__)
@@ -247,47 +244,17 @@ def evaluate(model, blocks: TokenBlocks, batch_size: int, device: torch.device, 
 def save_checkpoint(ctx: RunContext, model, tokenizer, optimizer, step: int, data_seed: int,
                     history: History) -> Path:
     """Weights + tokenizer, optimizer state, RNG states and step, written atomically, then handed over."""
-    import numpy as np
-
-    root = ctx.work_dir / "checkpoints"
-    final = root / f"step-{step:08d}"
-    tmp = root / f".tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp / "model")
-    save_tokenizer(tokenizer, tmp / "model")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    np_state = np.random.get_state()
-    torch.save({"torch": torch.get_rng_state(), "python": random.getstate(),
-                "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                          "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])}},
-               tmp / "rng.pt")
     state = {"step": step, "data_seed": data_seed, "data_order": "batch_indices(step, batch_size, n, data_seed)",
              "history": {"train": history.train, "eval": history.eval, "tokens": history.tokens,
                          "train_seconds": history.train_seconds}}
-    (tmp / TRAINER_STATE_FILE).write_text(json.dumps(state, indent=2))
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
     last_eval = history.eval[-1][1] if history.eval else None
-    ctx.save_checkpoint(final, step, {"step": step, "eval/loss": last_eval})
-    return final
+    return write_checkpoint(ctx, step, model, tokenizer, optimizer, TRAINER_STATE_FILE, state,
+                            {"eval/loss": last_eval})
 
 
 def restore_checkpoint(path: Path, optimizer) -> tuple[int, History]:
     """Load optimizer and RNG states (the model was loaded from `path/model`); returns (step, history)."""
-    import numpy as np
-
-    state_file = path / TRAINER_STATE_FILE
-    if not state_file.is_file():
-        raise DataError(f"{path}: no {TRAINER_STATE_FILE}; expected a checkpoint written by a train job")
-    state = json.loads(state_file.read_text())
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    rng = torch.load(path / "rng.pt", weights_only=True)
-    torch.set_rng_state(rng["torch"])
-    random.setstate(rng["python"])
-    n = rng["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
+    state = read_checkpoint(path, optimizer, TRAINER_STATE_FILE, "train")
     h = state["history"]
     history = History([tuple(x) for x in h["train"]], [tuple(x) for x in h["eval"]], h["tokens"], h["train_seconds"])
     return int(state["step"]), history

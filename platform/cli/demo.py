@@ -158,8 +158,8 @@ def _print_results(ctx: click.Context, results: list[Any]) -> None:
                      "avg": model.metadata.get("avg_bits")})
     fp = next((r for r in rows if r["method"] == "fp32"), None)
     table = Table(title="demo results: held-out token perplexity (pydoc test split) and KL to the fp32 model")
-    for col in ("model", "method", "bits", "bits/weight (effective)", "token ppl", "Δ ppl vs fp32", "KL to fp32"):
-        table.add_column(col, justify="right" if col not in ("model", "method") else "left")
+    for col in ("model", "method", "bits", "effective bits/w", "token ppl", "Δ ppl vs fp32", "KL to fp32"):
+        table.add_column(col, justify="right" if col not in ("model", "method") else "left", no_wrap=True)
     for r in rows:
         delta = f"{100 * (r['ppl'] / fp['ppl'] - 1):+.2f}%" if fp and r["ppl"] and fp["ppl"] else "-"
         bits = (str(r["bits"]) if r["bits"] else f"{r['avg']:.2f} mixed" if r["avg"] else "32")
@@ -185,7 +185,7 @@ def _print_results(ctx: click.Context, results: list[Any]) -> None:
             con.print(f"\n[bold]bit allocation[/] ({search_run.name}, {search_run.spec['method']['type']} at "
                       f"{m.get('avg_bits', float('nan')):.2f} bits/weight): held-out token ppl "
                       f"{m['test/token_ppl']:.3f} vs uniform {m['uniform/test/token_ppl']:.3f}{dp} "
-                      "(same levels, same budget)")
+                      "(the search's own report: same levels, same budget, its test chunks)")
     for rl_run in (r for r in runs if r.kind == "rl"):
         m = finals.get(rl_run.id, {})
         if "accuracy/train_before" in m:

@@ -108,7 +108,7 @@ def spawn_runner(run_ids: list[str], settings: Any, executor: str) -> int:
 def spec_schema(kind: str) -> None:
     """Print the JSON schema of KIND's spec (every field, type, default and description)."""
     from ..errors import UsageError
-    from ..specs import JOB_KINDS, JobSpec  # noqa: F401
+    from ..specs import JOB_KINDS
     from .. import specs
 
     classes = {c.model_fields["kind"].default: c for c in

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from bitsmith.platform.errors import DataError
 
 from .corpus import clean_text
-from .datasets import SPLITS, assign_split, check_record, read_jsonl, read_text_file, split_documents, write_dataset
+from .datasets import SPLITS, assign_split, check_record, read_text_file, split_documents, write_dataset
 
 
 def _input_files(path: str | Path, suffix: str) -> list[Path]:
