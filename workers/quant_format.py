@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from bitsmith.workers.tensorfiles import save_tensors
 from torch import nn
 
 from bitsmith.kernels.qlinear import QuantizedLinear
@@ -94,8 +96,8 @@ def save_quantized_model(model: nn.Module, out_dir: str | Path, quant_config: di
             continue
         seen[sig] = key
         tensors[key] = tensor.detach().to("cpu").contiguous()
-    save_file(tensors, str(out_dir / WEIGHTS_FILE),
-              metadata={"format": "pt", "bitsmith_format": FORMAT, "bitsmith_aliases": json.dumps(aliases)})
+    save_tensors(tensors, out_dir / WEIGHTS_FILE,
+                 metadata={"format": "pt", "bitsmith_format": FORMAT, "bitsmith_aliases": json.dumps(aliases)})
     config = model.config.to_dict()
     config["quantization_config"] = {"quant_method": QUANT_METHOD, "format": FORMAT,
                                      "format_version": FORMAT_VERSION, **quant_config}

@@ -26,12 +26,12 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from bitsmith.kernels.gptq import output_relative_error
 from bitsmith.kernels.qlinear import QuantizedLinear
 from bitsmith.platform.specs.search import LevelsConfig
+from bitsmith.workers.tensorfiles import save_tensors
 
 log = logging.getLogger(__name__)
 LEVEL_DB_VERSION = "level-db/1"
@@ -111,8 +111,8 @@ def write_level_db(directory: Path, cfg: LevelsConfig, layers: list[LayerLevels]
                    packed: dict[int, dict[str, Tensor]], meta: dict[str, Any]) -> None:
     """Write `levels.json`, one safetensors file per width, and `artifact.json` into `directory`."""
     for bits, tensors in packed.items():
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(_level_file(directory, bits)),
-                  metadata={"bits": str(bits), "version": LEVEL_DB_VERSION})
+        save_tensors({k: v.contiguous() for k, v in tensors.items()}, _level_file(directory, bits),
+                     metadata={"bits": str(bits), "version": LEVEL_DB_VERSION})
     doc = {"version": LEVEL_DB_VERSION, "bits": list(cfg.bits), "method": cfg.method.model_dump(mode="json"),
            "group_size": cfg.group_size, "symmetric": cfg.symmetric,
            "layers": [{"name": x.name, "block": x.block, "shape": list(x.shape), "numel": x.numel,
