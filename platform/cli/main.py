@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "runs": ("runs", "runs", "List, show, follow and cancel runs; compare their metrics."),
     "artifacts": ("artifacts", "artifacts", "List, show, fetch and query content-addressed artifacts."),
     "lineage": ("lineage", "lineage", "Show what an artifact or run was made from (or what was made from it)."),
+    "sweep": ("sweep", "sweep", "Run a grid / random / zip sweep of job specs and rank the children."),
     "reproduce": ("reproduce", "reproduce", "Re-run a past run from its stored spec and compare the results."),
     "data": ("data", "data", "Register datasets: built-in corpora, local files, the arithmetic task."),
     "models": ("models", "models", "Register local Hugging Face model directories (or GGUF files)."),

@@ -50,32 +50,49 @@ def finish_if_unfinished(db: Any, run_id: str, status: str, reason: str) -> None
 
 
 def run_on_ray(run_ids: list[str], settings: Settings, *,
-               on_finish: Callable[[str, str], None] | None = None) -> dict[str, str]:
-    """Dispatch runs as Ray tasks and watch them to the end; returns run id -> final status."""
+               on_finish: Callable[[str, str], None] | None = None,
+               max_in_flight: int | None = None) -> dict[str, str]:
+    """Dispatch runs as Ray tasks (at most `max_in_flight` at once) and watch them to the end.
+
+    Returns run id -> final status.
+    """
     import ray
+
     ensure_ray(settings.ray_address)
     db = store.open_database(settings.db_url)
     remote = ray.remote(execute_run)
     refs: dict[Any, str] = {}
-    for run_id in run_ids:
-        run = store.get_run(db, run_id)
-        refs[remote.options(**_task_options(run), name=f"bitsmith:{run.kind}:{run_id[:10]}").remote(run_id, settings)] = run_id
+    waiting = list(run_ids)
     finals: dict[str, str] = {}
+
+    def dispatch() -> list[Any]:
+        new = []
+        while waiting and (max_in_flight is None or len(refs) - len(finals) < max_in_flight):
+            run_id = waiting.pop(0)
+            run = store.get_run(db, run_id)
+            ref = remote.options(**_task_options(run), name=f"bitsmith:{run.kind}:{run_id[:10]}").remote(
+                run_id, settings)
+            refs[ref] = run_id
+            new.append(ref)
+        return new
+
     cancelled_refs: set[Any] = set()
-    pending = list(refs)
+    pending = dispatch()
     try:
-        _watch(db, refs, pending, finals, cancelled_refs, on_finish)
+        _watch(db, refs, pending, finals, cancelled_refs, on_finish, dispatch)
     except KeyboardInterrupt:  # the submitting process is stopping: don't leave runs "running" forever
         for ref, run_id in refs.items():
             if run_id not in finals:
                 ray.cancel(ref, force=True)
                 finish_if_unfinished(db, run_id, CANCELLED, "interrupted: the submitting process was stopped")
+        for run_id in waiting:
+            finish_if_unfinished(db, run_id, CANCELLED, "interrupted before it was dispatched")
         raise
     return finals
 
 
 def _watch(db: Any, refs: dict[Any, str], pending: list[Any], finals: dict[str, str], cancelled_refs: set[Any],
-           on_finish: Callable[[str, str], None] | None) -> None:
+           on_finish: Callable[[str, str], None] | None, refill: Callable[[], list[Any]]) -> None:
     import ray
     from ray.exceptions import RayTaskError
 
@@ -100,6 +117,8 @@ def _watch(db: Any, refs: dict[Any, str], pending: list[Any], finals: dict[str, 
                     finals[run_id] = FAILED
             if on_finish:
                 on_finish(run_id, finals[run_id])
+        if done:
+            pending = list(pending) + refill()
         if pending and time.monotonic() - last_control > CONTROL_EVERY_S:
             last_control = time.monotonic()
             for ref in pending:
@@ -118,7 +137,8 @@ def _watch(db: Any, refs: dict[Any, str], pending: list[Any], finals: dict[str, 
 
 
 def run_locally(run_ids: list[str], settings: Settings, *,
-                on_finish: Callable[[str, str], None] | None = None) -> dict[str, str]:
+                on_finish: Callable[[str, str], None] | None = None,
+                max_in_flight: int | None = None) -> dict[str, str]:
     """The local executor: the same task body, in this process, one run after another."""
     finals = {}
     for run_id in run_ids:

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from bitsmith.platform.pipeline import load_pipeline
-from bitsmith.platform.specs import load_spec
+from bitsmith.platform.specs import load_spec, read_spec_file
+from bitsmith.platform.sweeps import child_specs, load_sweep_spec
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SPECS = sorted(p for p in EXAMPLES.rglob("*.yaml") if p.name != "pipeline.yaml")
@@ -14,8 +15,11 @@ SPECS = sorted(p for p in EXAMPLES.rglob("*.yaml") if p.name != "pipeline.yaml")
 
 @pytest.mark.parametrize("path", SPECS, ids=[str(p.relative_to(EXAMPLES)) for p in SPECS])
 def test_example_spec_validates(path: Path) -> None:
-    spec = load_spec(path)
-    assert spec.kind
+    data = read_spec_file(path)
+    if data.get("kind") == "sweep":  # a sweep: every child must validate
+        assert child_specs(load_sweep_spec(data, source=str(path)))
+    else:
+        assert load_spec(path).kind
 
 
 def test_demo_pipeline_jobs_validate() -> None:

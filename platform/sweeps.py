@@ -1,0 +1,200 @@
+"""Sweeps: expand a sweep spec into child job specs, run them with a concurrency limit, rank the results.
+
+Children go through the same submission path as `bitsmith submit` (so repeats are cache hits) and carry
+the sweep's id. A sweep is resumable from the store alone: `resume_sweep` re-expands the stored spec
+and runs every combination that has no succeeded child yet.
+"""
+from __future__ import annotations
+
+import ast
+import itertools
+import math
+import random
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from . import store
+from .config import Settings
+from .errors import SpecError
+from .specs import JobSpecBase, apply_overrides, parse_spec
+from .specs.sweep import RandomParam, SweepSpec
+
+_COMPARE = {ast.Eq: lambda a, b: a == b, ast.NotEq: lambda a, b: a != b, ast.Lt: lambda a, b: a < b,
+            ast.LtE: lambda a, b: a <= b, ast.Gt: lambda a, b: a > b, ast.GtE: lambda a, b: a >= b,
+            ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b}
+_ARITH = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
+          ast.Div: lambda a, b: a / b, ast.Mod: lambda a, b: a % b}
+
+
+def load_sweep_spec(data: dict[str, Any], source: str = "sweep") -> SweepSpec:
+    from pydantic import ValidationError
+
+    from .specs import format_validation_error
+
+    try:
+        return SweepSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(format_validation_error(exc, source)) from None
+
+
+def _dotted(node: ast.AST) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        base = _dotted(node.value)
+        return f"{base}.{node.attr}" if base else None
+    return None
+
+
+def check_constraint(expression: str, params: dict[str, Any]) -> bool:
+    """Evaluate a constraint over parameter values (comparisons, and/or/not, + - * / %, literals only)."""
+    try:
+        tree = ast.parse(expression, mode="eval")
+    except SyntaxError as exc:
+        raise SpecError(f"constraints: {expression!r} is not an expression ({exc.msg})") from None
+
+    def ev(node: ast.AST) -> Any:
+        name = _dotted(node)
+        if name is not None:
+            if name not in params:
+                raise SpecError(f"constraints: {expression!r} names {name!r}; expected one of {sorted(params)}")
+            return params[name]
+        if isinstance(node, ast.Expression):
+            return ev(node.body)
+        if isinstance(node, ast.Constant):
+            return node.value
+        if isinstance(node, (ast.Tuple, ast.List)):
+            return [ev(e) for e in node.elts]
+        if isinstance(node, ast.BoolOp):
+            values = (ev(v) for v in node.values)
+            return all(values) if isinstance(node.op, ast.And) else any(values)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+            return not ev(node.operand)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return -ev(node.operand)
+        if isinstance(node, ast.BinOp) and type(node.op) in _ARITH:
+            return _ARITH[type(node.op)](ev(node.left), ev(node.right))
+        if isinstance(node, ast.Compare):
+            left = ev(node.left)
+            for op, comp in zip(node.ops, node.comparators):
+                right = ev(comp)
+                if type(op) not in _COMPARE or not _COMPARE[type(op)](left, right):
+                    return False
+                left = right
+            return True
+        raise SpecError(f"constraints: {expression!r}: {type(node).__name__} is not allowed; expected "
+                        "comparisons, and/or/not, arithmetic, parameter names and literals")
+
+    return bool(ev(tree))
+
+
+def expand(sweep: SweepSpec) -> list[dict[str, Any]]:
+    """The parameter combinations of a sweep, in a stable order, constraints applied."""
+    names = list(sweep.parameters)
+    if sweep.strategy == "grid":
+        combos = [dict(zip(names, values)) for values in itertools.product(*sweep.parameters.values())]
+    elif sweep.strategy == "zip":
+        combos = [dict(zip(names, values)) for values in zip(*sweep.parameters.values())]
+    else:
+        rng = random.Random(sweep.seed)
+        combos = [{name: _sample(param, rng) for name, param in sweep.parameters.items()}  # type: ignore[arg-type]
+                  for _ in range(sweep.samples or 0)]
+    return [c for c in combos if all(check_constraint(expr, c) for expr in sweep.constraints)]
+
+
+def _sample(param: RandomParam | tuple[Any, ...], rng: random.Random) -> Any:
+    if not isinstance(param, RandomParam):
+        return rng.choice(param)
+    if param.choices is not None:
+        return rng.choice(param.choices)
+    low, high = float(param.low), float(param.high)  # type: ignore[arg-type]
+    value = math.exp(rng.uniform(math.log(low), math.log(high))) if param.log else rng.uniform(low, high)
+    return int(round(value)) if param.integer else value
+
+
+def child_specs(sweep: SweepSpec) -> list[tuple[dict[str, Any], JobSpecBase]]:
+    """(parameters, validated child spec) for every combination; any invalid child fails the whole sweep."""
+    children = []
+    for i, params in enumerate(expand(sweep)):
+        overrides = [f"{k}={_override_value(v)}" for k, v in params.items()]
+        data = apply_overrides(sweep.base, overrides)
+        if sweep.name and "name" not in {k for k in params}:
+            data["name"] = f"{sweep.name}-{i:04d}"
+        children.append((params, parse_spec(data, source=f"sweep child {i} {params}")))
+    if not children:
+        raise SpecError("sweep: no combination satisfies the constraints; expected at least one child")
+    return children
+
+
+def _override_value(value: Any) -> str:
+    import json
+
+    return json.dumps(value)
+
+
+@dataclass(frozen=True)
+class SweepRow:
+    run_id: str
+    params: dict[str, Any]
+    status: str
+    metrics: dict[str, float]
+    pareto: bool = False
+
+
+def run_sweep(sweep_id: str, settings: Settings, *, executor: str = "ray", no_cache: bool = False,
+              on_finish: Callable[[str, str], None] | None = None) -> dict[str, str]:
+    """Submit (or, on resume, re-submit) every child without a succeeded run, and run them."""
+    from .provenance import code_version
+    from .scheduler.ray_executor import EXECUTORS
+    from .scheduler.submit import record_submission, resolve_inputs
+    from .specs import spec_hash
+
+    db = store.open_database(settings.db_url)
+    record = store.get_sweep(db, sweep_id)
+    sweep = load_sweep_spec(record.spec, source=f"sweep {record.id}")
+    done = {store.get_run(db, rid).spec_hash for rid in record.run_ids
+            if store.get_run(db, rid).status == "succeeded"}
+    code = code_version()
+    pending = []
+    for _, spec in child_specs(sweep):
+        if spec_hash(spec.with_resolved_inputs(resolve_inputs(db, spec))) in done:
+            continue  # resuming: this combination already succeeded in this sweep
+        sub = record_submission(db, spec, code=code, executor=executor, no_cache=no_cache, sweep_id=record.id)
+        if not sub.cache_hit:
+            pending.append(sub.run.id)
+    store.set_sweep_status(db, record.id, "running")
+    finals = EXECUTORS[executor](pending, settings, on_finish=on_finish, max_in_flight=sweep.max_concurrency)
+    failed = any(status != "succeeded" for status in finals.values())
+    store.set_sweep_status(db, record.id, "failed" if failed else "succeeded")
+    return finals
+
+
+def sweep_results(db: Any, sweep_id: str) -> tuple[SweepSpec, list[SweepRow]]:
+    """One row per parameter combination (its newest child), sorted by the first objective, Pareto marked."""
+    record = store.get_sweep(db, sweep_id)
+    sweep = load_sweep_spec(record.spec, source=f"sweep {record.id}")
+    runs = sorted((store.get_run(db, rid) for rid in record.run_ids), key=lambda r: r.created_at)
+    by_hash = {r.spec_hash: r for r in runs}  # newest child per combination wins
+    finals = store.final_metrics(db, [r.id for r in by_hash.values()])
+    rows = [SweepRow(r.id, {p: _at(r.spec, p) for p in sweep.parameters}, r.status, finals.get(r.id, {}))
+            for r in by_hash.values()]
+    objectives = [(o.metric, 1.0 if o.goal == "min" else -1.0) for o in sweep.objectives]
+    if objectives:
+        def key(row: SweepRow) -> tuple[float, ...]:
+            return tuple(sign * row.metrics.get(m, math.inf * sign) if row.status == "succeeded" else math.inf
+                         for m, sign in objectives)
+
+        scored = [r for r in rows if r.status == "succeeded" and all(m in r.metrics for m, _ in objectives)]
+        front = {r.run_id for r in scored if not any(_dominates(key(o), key(r)) for o in scored if o is not r)}
+        rows = sorted((SweepRow(r.run_id, r.params, r.status, r.metrics, r.run_id in front) for r in rows), key=key)
+    return sweep, rows
+
+
+def _at(data: dict[str, Any], path: str) -> Any:
+    for part in path.split("."):
+        data = data.get(part) if isinstance(data, dict) else None  # type: ignore[assignment]
+    return data
+
+
+def _dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
