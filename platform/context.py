@@ -296,8 +296,9 @@ def local_context(work_dir: str | Path, inputs: dict[str, str | Path | InputArti
             from .digests import digest_path, read_artifact_meta
 
             path = Path(value)
-            resolved[name] = InputArtifact(digest=digest_path(path), kind=read_artifact_meta(path).get("kind", "file"),
-                                           path=path, metadata=read_artifact_meta(path))
+            meta = read_artifact_meta(path)
+            resolved[name] = InputArtifact(digest=digest_path(path), kind=meta.get("kind", "file"), path=path,
+                                           metadata=meta)
 
     def keep_checkpoint(path: Path, step: int, meta: dict[str, Any]) -> None:
         recorder.checkpoints.append((path, step, meta))

@@ -8,8 +8,8 @@ from .store.records import ArtifactRecord, RunRecord
 CHECKPOINT_PREFIX = "checkpoint/"
 
 
-def _edges_by(graph: Any, direction: str) -> dict[tuple[str, str], list[Any]]:
-    """(kind of key, id) -> edges: runs' inputs/outputs and artifacts' producers/consumers."""
+def _edge_index(graph: Any) -> dict[tuple[str, str], list[Any]]:
+    """(node kind, id) -> the edges touching that node (runs' inputs/outputs, artifacts' producers/consumers)."""
     index: dict[tuple[str, str], list[Any]] = {}
     for e in graph.edges:
         index.setdefault(("run", e.run_id), []).append(e)
@@ -28,9 +28,10 @@ def run_label(r: RunRecord) -> str:
     return f"{r.kind} run {r.id[:12]}{' ' + r.name if r.name else ''} ({r.status}){hit}"
 
 
-def children(graph: Any, node: tuple[str, str], down: bool) -> list[tuple[str, str, str]]:
+def children(graph: Any, node: tuple[str, str], down: bool,
+             index: dict[tuple[str, str], list[Any]] | None = None) -> list[tuple[str, str, str]]:
     """(kind, id, role) of the nodes one step away from `node` in the chosen direction."""
-    index = _edges_by(graph, "")
+    index = index if index is not None else _edge_index(graph)
     kind, ident = node
     out: list[tuple[str, str, str]] = []
     for e in index.get(node, []):
@@ -61,9 +62,10 @@ def render_tree(graph: Any, root: tuple[str, str], down: bool) -> Any:
 
     tree = Tree(f"[bold]{label(graph, *root)}[/]")
     seen = {root}
+    index = _edge_index(graph)
 
     def grow(node: tuple[str, str], branch: Any) -> None:
-        for kind, ident, role in children(graph, node, down):
+        for kind, ident, role in children(graph, node, down, index):
             text = f"[dim]{role}:[/] {label(graph, kind, ident)}" if kind == "artifact" else label(graph, kind, ident)
             sub = branch.add(text if (kind, ident) not in seen else text + " [dim](see above)[/]")
             if (kind, ident) not in seen:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from datetime import datetime
 from typing import Any, Callable
 
@@ -94,6 +93,3 @@ def info(msg: str) -> None:
     """Logs and hints go to stderr; data goes to stdout."""
     click.echo(msg, err=True)
 
-
-def fail_if_tty_missing() -> bool:
-    return sys.stderr.isatty()

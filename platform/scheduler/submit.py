@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import store
-from ..errors import SpecError, NotFoundError
+from ..errors import SpecError, UsageError
 from ..jobs import check_runnable
 from ..provenance import cache_key
 from ..specs import JobSpecBase, canonical_json, semantic_json, spec_hash
@@ -22,10 +22,9 @@ def resolve_inputs(db: Any, spec: JobSpecBase) -> dict[str, str]:
     """Input role -> artifact digest; a reference that matches nothing is a spec error naming the field."""
     digests: dict[str, str] = {}
     for role, ref in spec.input_refs().items():
-        raw = ref[len("sha256:"):] if ref.startswith("sha256:") and len(ref) == 71 else ref
         try:
-            digests[role] = store.resolve_artifact_ref(db, raw if len(raw) == 64 else ref).digest
-        except NotFoundError as exc:
+            digests[role] = store.resolve_artifact_ref(db, ref).digest
+        except UsageError as exc:  # no match, or an ambiguous prefix
             field = "inputs." + role.replace(".", "[", 1) + ("]" if "." in role else "")
             raise SpecError(f"{field}: {exc.message}", hint="bitsmith artifacts list") from None
     return digests

@@ -70,3 +70,9 @@ def test_every_kind_has_a_spec() -> None:
         except SpecError:
             continue  # kinds with required fields; their own tests cover them
         assert spec.kind == kind
+
+
+def test_every_spec_kind_has_a_worker_entry() -> None:
+    from bitsmith.platform.jobs import WORKER_MODULES
+
+    assert set(WORKER_MODULES) == set(JOB_KINDS)
