@@ -2,7 +2,8 @@
 
 Children go through the same submission path as `bitsmith submit` (so repeats are cache hits) and carry
 the sweep's id. A sweep is resumable from the store alone: `resume_sweep` re-expands the stored spec
-and runs every combination that has no succeeded child yet.
+and runs every combination that has no succeeded child yet. The adaptive `optuna` strategy picks its
+children while it runs; its loop lives in `sweep_optuna`.
 """
 from __future__ import annotations
 
@@ -88,9 +89,21 @@ def check_constraint(expression: str, params: dict[str, Any]) -> bool:
     return bool(ev(tree))
 
 
+OPTUNA_TRIAL_TAG = "optuna-trial:"  # + the trial's number: a tag on every child of an optuna sweep
+
+
 def expand(sweep: SweepSpec) -> list[dict[str, Any]]:
-    """The parameter combinations of a sweep, in a stable order, constraints applied."""
+    """The parameter combinations of a sweep, in a stable order, constraints applied.
+
+    Optuna picks its combinations while the sweep runs; for it this is one representative combination
+    (each parameter's first value or low bound) that checks the base spec and the constraints' names.
+    """
     names = list(sweep.parameters)
+    if sweep.strategy == "optuna":
+        combo = {name: _first(param) for name, param in sweep.parameters.items()}
+        for expr in sweep.constraints:
+            check_constraint(expr, combo)  # raises on unknown names; the representative may still be infeasible
+        return [combo]
     if sweep.strategy == "grid":
         combos = [dict(zip(names, values)) for values in itertools.product(*sweep.parameters.values())]
     elif sweep.strategy == "zip":
@@ -112,15 +125,27 @@ def _sample(param: RandomParam | tuple[Any, ...], rng: random.Random) -> Any:
     return int(round(value)) if param.integer else value
 
 
+def _first(param: RandomParam | tuple[Any, ...]) -> Any:
+    if not isinstance(param, RandomParam):
+        return param[0]
+    if param.choices is not None:
+        return param.choices[0]
+    return int(param.low) if param.integer else param.low  # type: ignore[arg-type]
+
+
+def child_spec(sweep: SweepSpec, params: dict[str, Any], index: int) -> JobSpecBase:
+    """The validated child spec for one combination: the base with `params` applied, named after the sweep."""
+    data = apply_overrides(sweep.base, [f"{k}={_override_value(v)}" for k, v in params.items()])
+    if sweep.name and "name" not in params:
+        data["name"] = f"{sweep.name}-{index:04d}"
+    if sweep.strategy == "optuna":  # each trial its own run row, so repeats of one config stay separate trials
+        data["tags"] = [*data.get("tags", []), f"{OPTUNA_TRIAL_TAG}{index}"]
+    return parse_spec(data, source=f"sweep child {index} {params}")
+
+
 def child_specs(sweep: SweepSpec) -> list[tuple[dict[str, Any], JobSpecBase]]:
     """(parameters, validated child spec) for every combination; any invalid child fails the whole sweep."""
-    children = []
-    for i, params in enumerate(expand(sweep)):
-        overrides = [f"{k}={_override_value(v)}" for k, v in params.items()]
-        data = apply_overrides(sweep.base, overrides)
-        if sweep.name and "name" not in {k for k in params}:
-            data["name"] = f"{sweep.name}-{i:04d}"
-        children.append((params, parse_spec(data, source=f"sweep child {i} {params}")))
+    children = [(params, child_spec(sweep, params, i)) for i, params in enumerate(expand(sweep))]
     if not children:
         raise SpecError("sweep: no combination satisfies the constraints; expected at least one child")
     return children
@@ -152,6 +177,9 @@ def run_sweep(sweep_id: str, settings: Settings, *, executor: str = "ray", no_ca
     db = store.open_database(settings.db_url)
     record = store.get_sweep(db, sweep_id)
     sweep = load_sweep_spec(record.spec, source=f"sweep {record.id}")
+    if sweep.strategy == "optuna":
+        from .sweep_optuna import run_optuna_sweep
+        return run_optuna_sweep(record.id, settings, executor=executor, no_cache=no_cache, on_finish=on_finish)
     done = {store.get_run(db, rid).spec_hash for rid in record.run_ids
             if store.get_run(db, rid).status == "succeeded"}
     code = code_version()

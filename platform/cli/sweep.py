@@ -12,7 +12,7 @@ from .submit import EXECUTOR_CHOICE
 
 @click.group()
 def sweep() -> None:
-    """Grids, random samples or zips of job specs, run concurrently and ranked by objectives."""
+    """Grids, random samples, zips or Optuna searches of job specs, run concurrently and ranked by objectives."""
 
 
 @sweep.command("run")
@@ -34,10 +34,16 @@ def run_sweep_cmd(ctx: click.Context, sweep_file: Path, overrides: tuple[str, ..
 
     data = apply_overrides(read_spec_file(sweep_file), overrides)
     spec = load_sweep_spec(data, source=str(sweep_file))
-    children = child_specs(spec)  # every child validated before anything is written
+    children = child_specs(spec)  # every child validated before anything is written (optuna: a representative)
+    plan = f"{len(children)} children"
+    if spec.strategy == "optuna":
+        from ..sweep_optuna import require_optuna, sampler_name
+
+        require_optuna()
+        plan = f"{spec.optuna.trials} children chosen by optuna ({sampler_name(spec)})"  # type: ignore[union-attr]
     db = open_db(ctx)
     record = store.create_sweep(db, name=spec.name, spec=spec.model_dump(mode="json"))
-    info(f"sweep {record.id}: {len(children)} children, at most {spec.max_concurrency} at once "
+    info(f"sweep {record.id}: {plan}, at most {spec.max_concurrency} at once "
          f"(resume with: bitsmith sweep resume {record.id[:10]})")
     if not as_json:
         click.echo(record.id)
@@ -62,7 +68,7 @@ def _end_embedded_ray(ctx: click.Context, executor: str) -> None:
 @json_option
 @click.pass_context
 def resume_sweep_cmd(ctx: click.Context, sweep_ref: str, executor: str, as_json: bool) -> None:
-    """Continue a sweep from the store: run every combination without a succeeded child."""
+    """Continue a sweep from the store: run every combination without a succeeded child (optuna: up to its trials)."""
     import contextlib
     import sys
 
