@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 import time
 import traceback
 from datetime import datetime, timezone
@@ -25,7 +26,7 @@ from ..jobs import load_worker
 from ..provenance import environment
 from ..register import register_path
 from ..specs import parse_spec
-from ..store.records import CANCELLED, FAILED, RUNNING, SUCCEEDED, TERMINAL_STATUSES, RunRecord
+from ..store.records import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, TERMINAL_STATUSES, RunRecord
 
 log = logging.getLogger(__name__)
 CHECKPOINT_ROLE = "checkpoint/step-"
@@ -40,62 +41,134 @@ def run_log_path(settings: Settings, run_id: str) -> Path:
 
 
 def execute_run(run_id: str, settings: Settings) -> str:
-    """Run one queued (or crashed-and-retried) run to a terminal status; returns that status."""
+    """Run one queued run to a terminal status as its next attempt; returns the status it ends in.
+
+    The attempt claims the run with a lease and renews it from a heartbeat thread. If it loses the lease
+    (its run was taken for dead and retried or failed elsewhere), it stops and records nothing more.
+    """
     db = store.open_database(settings.db_url)
     run = store.get_run(db, run_id)
+    if run.status == RUNNING and _lease_is_dead(run):  # a dead attempt left it running: recover it first
+        store.retry_or_fail(db, run, f"attempt {run.attempt} ({run.lease_owner}) is gone")
+        run = store.get_run(db, run_id)
     if run.status in TERMINAL_STATUSES:
         return run.status
     if run.cancel_requested:
         store.transition(db, run_id, CANCELLED, message="cancelled before start", finished_at=utcnow())
         return CANCELLED
     attempt = run.attempt + 1
+    if attempt > run.max_retries + 1:
+        store.transition(db, run_id, FAILED, message="retries used up",
+                         error=f"attempt {attempt} would exceed retries ({run.max_retries})", finished_at=utcnow())
+        return FAILED
     log_path = run_log_path(settings, run_id)
     with _tee_output(log_path):
-        print(f"[bitsmith] run {run_id} ({run.kind}) attempt {attempt} on {socket.gethostname()} pid {os.getpid()}",
-              file=sys.stderr)
+        owner = store.lease_owner(_ray_node_id())
+        print(f"[bitsmith] run {run_id} ({run.kind}) attempt {attempt} on {owner}", file=sys.stderr)
         spec = parse_spec(run.spec, source=f"run {run_id} spec")
         device = getattr(spec, "device", None)
         try:
             run = store.transition(  # compare-and-set: of two executors claiming one run, one wins
-                db, run_id, RUNNING, expected_from={run.status}, message=f"attempt {attempt}", attempt=attempt,
-                host=socket.gethostname(), pid=os.getpid(), started_at=utcnow(), log_path=str(log_path),
-                environment=environment(device))
+                db, run_id, RUNNING, expected_from={QUEUED}, expected_attempt=run.attempt,
+                message=f"attempt {attempt} on {owner}", attempt=attempt, host=socket.gethostname(), pid=os.getpid(),
+                started_at=utcnow(), log_path=str(log_path), environment=environment(device),
+                **store.lease_values(owner, settings.lease_s))
         except store.IllegalTransition as exc:
             print(f"[bitsmith] run {run_id}: not claimed ({exc}); another executor has it", file=sys.stderr)
             return store.get_run(db, run_id).status
+        with _heartbeat(db, run_id, attempt, owner, settings.lease_s) as lost:
+            return _run_attempt(db, run, spec, settings, attempt, lost)
+
+
+def _run_attempt(db: Any, run: RunRecord, spec: Any, settings: Settings, attempt: int,
+                 lost: threading.Event) -> str:
+    """Call the worker and record how the attempt ended, fenced by `attempt`."""
+    fence = dict(expected_from={RUNNING}, expected_attempt=attempt)
+    try:
+        ctx = _build_context(db, run, spec, settings, lost)
+        outputs = load_worker(run.kind).run(spec, ctx)
+        ctx.flush_metrics()
+        produced = {role: _register_output(db, settings, run, role, out.path, out.kind, out.metadata, out.name,
+                                           move=True)
+                    for role, out in outputs.artifacts.items()}
+        finals = [(k, None, float(v)) for k, v in (outputs.metrics or {}).items()]
+        store.complete_run(db, run.id, attempt=attempt, outputs=produced, metrics=finals)
+        print(f"[bitsmith] run {run.id} succeeded", file=sys.stderr)
+        return SUCCEEDED
+    except (JobCancelled, KeyboardInterrupt, store.IllegalTransition) as exc:
+        if lost.is_set() or isinstance(exc, store.IllegalTransition):
+            return _lease_lost(db, run.id, attempt)
+        message = str(exc) if isinstance(exc, JobCancelled) else "interrupted (KeyboardInterrupt)"
+        with contextlib.suppress(store.IllegalTransition):
+            store.transition(db, run.id, CANCELLED, message=message, finished_at=utcnow(), **fence)
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        return CANCELLED
+    except BaseException as exc:  # recorded, then the run is failed; nothing is swallowed silently
+        tb = traceback.format_exc()
+        print(tb, file=sys.stderr)
+        if lost.is_set():
+            return _lease_lost(db, run.id, attempt)
+        reason = "timed out" if isinstance(exc, JobTimeout) else type(exc).__name__
         try:
-            ctx = _build_context(db, run, spec, settings)
-            worker = load_worker(run.kind)
-            outputs = worker.run(spec, ctx)
-            ctx.flush_metrics()
-            produced = {}
-            for role, out in outputs.artifacts.items():
-                produced[role] = _register_output(db, settings, run, role, out.path, out.kind,
-                                                  out.metadata, out.name, move=True)
-            store.add_run_outputs(db, run_id, produced)
-            if outputs.metrics:
-                store.log_metrics(db, run_id, [(k, None, float(v)) for k, v in outputs.metrics.items()])
-            store.transition(db, run_id, SUCCEEDED, finished_at=utcnow())
-            print(f"[bitsmith] run {run_id} succeeded", file=sys.stderr)
-            return SUCCEEDED
-        except (JobCancelled, KeyboardInterrupt) as exc:
-            message = str(exc) if isinstance(exc, JobCancelled) else "interrupted (KeyboardInterrupt)"
-            store.transition(db, run_id, CANCELLED, message=message, finished_at=utcnow())
-            if isinstance(exc, KeyboardInterrupt):
-                raise
-            return CANCELLED
-        except BaseException as exc:  # recorded, then the run is failed; nothing is swallowed silently
-            tb = traceback.format_exc()
-            print(tb, file=sys.stderr)
-            reason = "timed out" if isinstance(exc, JobTimeout) else type(exc).__name__
-            store.transition(db, run_id, FAILED, message=reason, error=f"{type(exc).__name__}: {exc}",
-                             traceback=tb, finished_at=utcnow())
-            if isinstance(exc, SystemExit):
-                raise
-            return FAILED
+            store.transition(db, run.id, FAILED, message=reason, error=f"{type(exc).__name__}: {exc}",
+                             traceback=tb, finished_at=utcnow(), **fence)
+        except store.IllegalTransition:
+            return _lease_lost(db, run.id, attempt)
+        if isinstance(exc, SystemExit):
+            raise
+        return FAILED
 
 
-def _build_context(db: Any, run: RunRecord, spec: Any, settings: Settings) -> RunContext:
+def _lease_lost(db: Any, run_id: str, attempt: int) -> str:
+    current = store.get_run(db, run_id)
+    print(f"[bitsmith] run {run_id}: attempt {attempt} lost its lease (the run is now {current.status}, attempt "
+          f"{current.attempt}); this attempt records nothing", file=sys.stderr)
+    return current.status
+
+
+def _lease_is_dead(run: RunRecord) -> bool:
+    expired = run.lease_expires_at is not None and run.lease_expires_at < utcnow()
+    return expired or store.owner_is_gone(run.lease_owner)
+
+
+@contextlib.contextmanager
+def _heartbeat(db: Any, run_id: str, attempt: int, owner: str, lease_s: float) -> Iterator[threading.Event]:
+    """Renew the attempt's lease every lease_s/3 seconds in a daemon thread; the event is set once it is lost."""
+    lost, stop = threading.Event(), threading.Event()
+
+    def beat() -> None:
+        last_ok = time.monotonic()
+        while not stop.wait(lease_s / 3):
+            try:
+                if not store.renew_lease(db, run_id, attempt=attempt, owner=owner, lease_s=lease_s):
+                    break
+                last_ok = time.monotonic()
+            except Exception as exc:  # the database is unreachable: keep trying until the lease would be gone
+                log.warning("run %s: heartbeat failed: %s", run_id, exc)
+                if time.monotonic() - last_ok > lease_s:
+                    break
+        if not stop.is_set():
+            lost.set()
+
+    thread = threading.Thread(target=beat, name=f"bitsmith-heartbeat-{run_id[:10]}", daemon=True)
+    thread.start()
+    try:
+        yield lost
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def _ray_node_id() -> str | None:
+    if not _inside_ray_task():
+        return None
+    import ray
+
+    return ray.get_runtime_context().get_node_id()[:12]
+
+
+def _build_context(db: Any, run: RunRecord, spec: Any, settings: Settings, lost: threading.Event) -> RunContext:
     cache_dir = settings.home / "cache"
     inputs: dict[str, InputArtifact] = {}
     for edge in store.run_inputs(db, run.id):
@@ -109,12 +182,16 @@ def _build_context(db: Any, run: RunRecord, spec: Any, settings: Settings) -> Ru
     last_check = [0.0, False]
 
     def should_cancel() -> bool:
+        if lost.is_set():  # another attempt holds the run now: stop at the next progress update
+            return True
         if time.monotonic() - last_check[0] > 2.0:
             last_check[0] = time.monotonic()
             last_check[1] = store.get_run(db, run.id).cancel_requested
         return bool(last_check[1])
 
     def save_checkpoint(path: Path, step: int, meta: dict[str, Any]) -> None:
+        if lost.is_set():
+            raise JobCancelled(f"run {run.id}: attempt {run.attempt} lost its lease")
         role = f"{CHECKPOINT_ROLE}{step:09d}"
         digest = _register_output(db, settings, run, role, path, "checkpoint", {**meta, "step": step}, None, move=False)
         store.add_run_outputs(db, run.id, {role: digest})

@@ -1,15 +1,19 @@
 """The Ray executor: each run is a Ray task with its resources, retries, timeout and cancellation."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from .. import store
 from ..config import Settings
-from ..store.records import CANCELLED, FAILED, TERMINAL_STATUSES
+from ..errors import UsageError
+from ..store.records import CANCELLED, FAILED, QUEUED, RUNNING, TERMINAL_STATUSES
 from .execute import execute_run, utcnow
 
 log = logging.getLogger(__name__)
@@ -32,12 +36,31 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, log_to_d
 
 
 def _task_options(run: Any) -> dict[str, Any]:
+    """Ray's own retries are off: bitsmith retries a lost attempt itself, so the store stays the one ledger."""
     res = run.spec.get("resources", {})
     opts: dict[str, Any] = {"num_cpus": res.get("cpus", 1.0), "num_gpus": res.get("gpus", 0.0),
-                            "max_retries": run.max_retries, "retry_exceptions": False}
+                            "max_retries": 0, "retry_exceptions": False}
     if res.get("memory_bytes"):
         opts["memory"] = int(res["memory_bytes"])
     return opts
+
+
+def cluster_hosts() -> set[str]:
+    """Host names of the alive nodes of the connected Ray cluster."""
+    import ray
+
+    return {n.get("NodeManagerHostname") or n.get("NodeManagerAddress") for n in ray.nodes() if n.get("Alive")}
+
+
+def check_store_fits_cluster(db: Any, hosts: set[str]) -> None:
+    """Refuse an embedded SQLite store when the cluster spans several machines (each would see its own file)."""
+    if db.is_sqlite and len(hosts) > 1:
+        shown = ", ".join(sorted(hosts)[:4]) + (", ..." if len(hosts) > 4 else "")
+        raise UsageError(
+            f"BITSMITH_DB_URL: {store.engine.mask_url(db.url)} is an embedded SQLite file, but the Ray cluster spans "
+            f"{len(hosts)} machines ({shown}); expected a PostgreSQL URL every node reaches, e.g. "
+            "postgresql+psycopg://USER@HOST:5432/DB (SQLite only serves Ray nodes on one machine)",
+            hint="set BITSMITH_DB_URL on every node, run `bitsmith db upgrade` once; see infra/README.md")
 
 
 def finish_if_unfinished(db: Any, run_id: str, status: str, reason: str) -> None:
@@ -49,91 +72,139 @@ def finish_if_unfinished(db: Any, run_id: str, status: str, reason: str) -> None
                      finished_at=utcnow())
 
 
+@dataclass
+class _Dispatch:
+    """The driver's view of one batch: runs waiting, Ray tasks in flight, final statuses."""
+
+    db: Any
+    settings: Settings
+    remote: Any
+    waiting: deque[str]
+    max_in_flight: int | None
+    on_finish: Callable[[str, str], None] | None
+    in_flight: dict[Any, str] = field(default_factory=dict)   # ref -> run id
+    finals: dict[str, str] = field(default_factory=dict)
+    starts: dict[str, int] = field(default_factory=dict)      # run id -> tasks dispatched for it
+
+    def fill(self) -> None:
+        while self.waiting and (self.max_in_flight is None or len(self.in_flight) < self.max_in_flight):
+            run_id = self.waiting.popleft()
+            run = store.get_run(self.db, run_id)
+            if run.status in TERMINAL_STATUSES:  # e.g. cancelled while waiting
+                self.finish(run_id, run.status)
+                continue
+            self.starts[run_id] = self.starts.get(run_id, 0) + 1
+            ref = self.remote.options(**_task_options(run), name=f"bitsmith:{run.kind}:{run_id[:10]}").remote(
+                run_id, self.settings)
+            self.in_flight[ref] = run_id
+
+    def finish(self, run_id: str, status: str) -> None:
+        self.finals[run_id] = status
+        if self.on_finish:
+            self.on_finish(run_id, status)
+
+    def drop(self, ref: Any) -> None:
+        """Stop watching `ref` and kill its task (it may already be gone with its node)."""
+        import ray
+
+        self.in_flight.pop(ref, None)
+        with contextlib.suppress(Exception):
+            ray.cancel(ref, force=True)
+
+    def collect(self, ref: Any) -> None:
+        """A task ended: take its status, or retry/fail a run whose worker or node died under it."""
+        import ray
+        from ray.exceptions import RayTaskError
+
+        run_id = self.in_flight.pop(ref)
+        try:
+            status = ray.get(ref)
+        except RayTaskError as exc:  # the task body itself raised outside the worker
+            finish_if_unfinished(self.db, run_id, FAILED, f"task body raised: {str(exc)[-800:]}")
+            status = FAILED
+        except Exception as exc:  # the worker process or its node died
+            status = self.lost(run_id, f"worker process died on attempt {{attempt}} ({type(exc).__name__}: "
+                                       f"{str(exc)[:300]})")
+        if status == QUEUED:
+            self.waiting.appendleft(run_id)
+        else:  # terminal, or (rarely) running under another executor that claimed it first
+            self.finish(run_id, status)
+
+    def lost(self, run_id: str, reason: str) -> str:
+        """The task of `run_id` is gone: re-queue the run while its retries last, else fail it."""
+        run = store.get_run(self.db, run_id)
+        if run.status == RUNNING:
+            outcome = store.retry_or_fail(self.db, run, reason.format(attempt=run.attempt))
+            if outcome is not None:
+                log.warning("run %s: %s", run_id, outcome.reason)
+            return store.get_run(self.db, run_id).status
+        if run.status == QUEUED and self.starts.get(run_id, 0) > run.max_retries:  # died before it could claim
+            finish_if_unfinished(self.db, run_id, FAILED,
+                                 reason.format(attempt=run.attempt + 1) + f"; retries used up ({run.max_retries})")
+            return FAILED
+        return store.get_run(self.db, run_id).status
+
+    def control(self) -> None:
+        """Cancellation, timeouts, and runs whose lease ran out while Ray still shows their task."""
+        for ref, run_id in list(self.in_flight.items()):
+            run = store.get_run(self.db, run_id)
+            timeout_s = run.spec.get("timeout_s")
+            if run.cancel_requested:
+                self.drop(ref)
+                finish_if_unfinished(self.db, run_id, CANCELLED, "cancelled by user")
+                self.finish(run_id, store.get_run(self.db, run_id).status)
+            elif timeout_s and run.started_at and time.time() - run.started_at.timestamp() > timeout_s:
+                self.drop(ref)
+                finish_if_unfinished(self.db, run_id, FAILED, f"timed out after {timeout_s} s (timeout_s)")
+                self.finish(run_id, store.get_run(self.db, run_id).status)
+        watched = {run_id: ref for ref, run_id in self.in_flight.items()}
+        for outcome in store.recover_expired(self.db, run_ids=list(watched)):
+            log.warning("run %s: %s", outcome.run.id, outcome.reason)
+            self.drop(watched[outcome.run.id])
+            if outcome.action == store.ledger.REQUEUED:
+                self.waiting.appendleft(outcome.run.id)
+            else:
+                self.finish(outcome.run.id, outcome.run.status)
+
+    def cancel_all(self, reason: str) -> None:
+        for ref, run_id in list(self.in_flight.items()):
+            self.drop(ref)
+            finish_if_unfinished(self.db, run_id, CANCELLED, reason)
+        for run_id in self.waiting:
+            finish_if_unfinished(self.db, run_id, CANCELLED, "interrupted before it was dispatched")
+        self.waiting.clear()
+
+
 def run_on_ray(run_ids: list[str], settings: Settings, *,
                on_finish: Callable[[str, str], None] | None = None,
                max_in_flight: int | None = None) -> dict[str, str]:
     """Dispatch runs as Ray tasks (at most `max_in_flight` at once) and watch them to the end.
 
-    Returns run id -> final status.
+    A run whose worker or node dies (Ray reports it, or its lease runs out) is re-queued and dispatched
+    again while its `retries` last. Returns run id -> final status.
     """
     import ray
 
     ensure_ray(settings.ray_address)
     db = store.open_database(settings.db_url)
-    remote = ray.remote(execute_run)
-    refs: dict[Any, str] = {}
-    waiting = list(run_ids)
-    finals: dict[str, str] = {}
-
-    def dispatch() -> list[Any]:
-        new = []
-        while waiting and (max_in_flight is None or len(refs) - len(finals) < max_in_flight):
-            run_id = waiting.pop(0)
-            run = store.get_run(db, run_id)
-            ref = remote.options(**_task_options(run), name=f"bitsmith:{run.kind}:{run_id[:10]}").remote(
-                run_id, settings)
-            refs[ref] = run_id
-            new.append(ref)
-        return new
-
-    cancelled_refs: set[Any] = set()
-    pending = dispatch()
+    check_store_fits_cluster(db, cluster_hosts())
+    batch = _Dispatch(db=db, settings=settings, remote=ray.remote(execute_run), waiting=deque(run_ids),
+                      max_in_flight=max_in_flight, on_finish=on_finish)
     try:
-        _watch(db, refs, pending, finals, cancelled_refs, on_finish, dispatch)
+        batch.fill()
+        last_control = time.monotonic()
+        while batch.in_flight:
+            done, _ = ray.wait(list(batch.in_flight), num_returns=len(batch.in_flight), timeout=POLL_S)
+            for ref in done:
+                batch.collect(ref)
+            if time.monotonic() - last_control > CONTROL_EVERY_S:
+                last_control = time.monotonic()
+                batch.control()
+            batch.fill()
     except KeyboardInterrupt:  # the submitting process is stopping: don't leave runs "running" forever
-        for ref, run_id in refs.items():
-            if run_id not in finals:
-                ray.cancel(ref, force=True)
-                finish_if_unfinished(db, run_id, CANCELLED, "interrupted: the submitting process was stopped")
-        for run_id in waiting:
-            finish_if_unfinished(db, run_id, CANCELLED, "interrupted before it was dispatched")
+        batch.cancel_all("interrupted: the submitting process was stopped")
         raise
-    return finals
-
-
-def _watch(db: Any, refs: dict[Any, str], pending: list[Any], finals: dict[str, str], cancelled_refs: set[Any],
-           on_finish: Callable[[str, str], None] | None, refill: Callable[[], list[Any]]) -> None:
-    import ray
-    from ray.exceptions import RayTaskError
-
-    last_control = time.monotonic()
-    while pending:
-        done, pending = ray.wait(pending, num_returns=len(pending), timeout=POLL_S)
-        for ref in done:
-            run_id = refs[ref]
-            try:
-                finals[run_id] = ray.get(ref)
-            except Exception as exc:  # the task died or was cancelled: record why
-                if ref in cancelled_refs:
-                    finals[run_id] = store.get_run(db, run_id).status
-                else:
-                    run = store.get_run(db, run_id)
-                    if isinstance(exc, RayTaskError):  # the task body itself raised outside the worker
-                        reason = f"task body raised: {str(exc)[-800:]}"
-                    else:
-                        reason = (f"worker process died on attempt {run.attempt} (retries {run.max_retries} "
-                                  f"used up): {type(exc).__name__}: {str(exc)[:500]}")
-                    finish_if_unfinished(db, run_id, FAILED, reason)
-                    finals[run_id] = FAILED
-            if on_finish:
-                on_finish(run_id, finals[run_id])
-        if done:
-            pending = list(pending) + refill()
-        if pending and time.monotonic() - last_control > CONTROL_EVERY_S:
-            last_control = time.monotonic()
-            for ref in pending:
-                if ref in cancelled_refs:
-                    continue
-                run = store.get_run(db, refs[ref])
-                timeout_s = run.spec.get("timeout_s")
-                if run.cancel_requested:
-                    ray.cancel(ref, force=True)
-                    cancelled_refs.add(ref)
-                    finish_if_unfinished(db, run.id, CANCELLED, "cancelled by user")
-                elif timeout_s and run.started_at and time.time() - run.started_at.timestamp() > timeout_s:
-                    ray.cancel(ref, force=True)
-                    cancelled_refs.add(ref)
-                    finish_if_unfinished(db, run.id, FAILED, f"timed out after {timeout_s} s (timeout_s)")
+    return batch.finals
 
 
 def run_locally(run_ids: list[str], settings: Settings, *,

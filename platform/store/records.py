@@ -52,6 +52,9 @@ class RunRecord:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    lease_owner: str | None = None    # "host:pid" (and Ray node) of the attempt holding the run
+    heartbeat_at: datetime | None = None
+    lease_expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,8 @@ _HEX = re.compile(r"^[0-9a-f]+$")
 # Columns `transition(**fields)` may set (id, kind, spec, hashes, status and created_at never change).
 UPDATABLE_FIELDS = frozenset({
     "name", "environment", "tags", "executor", "host", "pid", "attempt", "max_retries", "cache_hit_of",
-    "cancel_requested", "error", "traceback", "log_path", "started_at", "finished_at",
+    "cancel_requested", "error", "traceback", "log_path", "started_at", "finished_at", "lease_owner",
+    "heartbeat_at", "lease_expires_at",
 })
 
 
@@ -40,7 +41,8 @@ def run_from_row(row: Row | Mapping[str, Any]) -> RunRecord:
         pid=m["pid"], attempt=m["attempt"], max_retries=m["max_retries"], cache_hit_of=m["cache_hit_of"],
         sweep_id=m["sweep_id"], cancel_requested=bool(m["cancel_requested"]), error=m["error"],
         traceback=m["traceback"], log_path=m["log_path"], created_at=m["created_at"], started_at=m["started_at"],
-        finished_at=m["finished_at"],
+        finished_at=m["finished_at"], lease_owner=m.get("lease_owner"), heartbeat_at=m.get("heartbeat_at"),
+        lease_expires_at=m.get("lease_expires_at"),
     )
 
 
@@ -158,13 +160,15 @@ def list_runs(db: Database, *, kind: str | None = None, status: str | None = Non
 
 
 def transition(db: Database, run_id: str, to_status: str, *, message: str | None = None,
-               expected_from: str | Iterable[str] | None = None, **fields: Any) -> RunRecord:
+               expected_from: str | Iterable[str] | None = None, expected_attempt: int | None = None,
+               **fields: Any) -> RunRecord:
     """Move run `run_id` to `to_status` (updating `fields`) by compare-and-set, logging a run event.
 
     Raises `IllegalTransition` (a `StoreError`) when records.TRANSITIONS forbids the change, when the
-    run's status is not in `expected_from`, or when another writer changed the status first.
+    run's status is not in `expected_from`, when its attempt is not `expected_attempt` (the fence that keeps
+    an attempt which lost its lease from recording anything), or when another writer changed it first.
     `started_at` / `finished_at` default to now when entering RUNNING / a terminal status; re-queueing
-    clears `finished_at`.
+    clears `finished_at`; leaving RUNNING releases the lease (`lease_expires_at` = None).
     """
     if to_status not in RUN_STATUSES:
         raise UsageError(f"transition: status {to_status!r}; expected one of {', '.join(RUN_STATUSES)}")
@@ -185,6 +189,9 @@ def transition(db: Database, run_id: str, to_status: str, *, message: str | None
         if expected and current not in expected:
             raise IllegalTransition(f"run {run_id}: status is {current}; expected {' or '.join(sorted(expected))} "
                                     f"to move it to {to_status}")
+        if expected_attempt is not None and attempt != expected_attempt:
+            raise IllegalTransition(f"run {run_id}: attempt {attempt} holds it; expected attempt {expected_attempt} "
+                                    f"to move it to {to_status} (that attempt lost its lease)")
         if to_status not in TRANSITIONS[current]:
             allowed = ", ".join(sorted(TRANSITIONS[current])) or "nothing (it is final)"
             raise IllegalTransition(f"run {run_id}: cannot go from {current} to {to_status}; "
@@ -197,7 +204,10 @@ def transition(db: Database, run_id: str, to_status: str, *, message: str | None
             values["finished_at"] = now
         if to_status == QUEUED and "finished_at" not in values:  # re-queued: not finished any more
             values["finished_at"] = None
-        result = conn.execute(update(runs_t).where(and_(runs_t.c.id == run_id, runs_t.c.status == current))
+        if to_status != RUNNING:
+            values.setdefault("lease_expires_at", None)
+        result = conn.execute(update(runs_t).where(and_(runs_t.c.id == run_id, runs_t.c.status == current,
+                                                        runs_t.c.attempt == attempt))
                               .values(**values))
         if result.rowcount != 1:  # another writer moved it between our read and write
             raise IllegalTransition(f"run {run_id}: status changed concurrently while moving {current} -> "

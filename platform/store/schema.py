@@ -95,6 +95,11 @@ class Run(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, index=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The lease of the attempt that runs the job (store.leases): renewed by its heartbeat; once it has
+    # run out, the job's worker or node is taken for dead and the run is retried or failed.
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
 
 
 class Artifact(Base):

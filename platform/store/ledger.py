@@ -1,0 +1,153 @@
+"""The durable job ledger: leases and heartbeats of running attempts, fenced completion, recovery.
+
+A running attempt holds its run's lease (`lease_owner`, `heartbeat_at`, `lease_expires_at`) and renews it
+from a heartbeat thread. When a worker or its node dies, the heartbeats stop and the lease runs out; the
+run is then re-queued for another attempt while its `retries` last, else failed with the reason. Every
+change that ends or repeats an attempt is compare-and-set on (status, attempt): an attempt that lost its
+lease can no longer record outputs, metrics or a status, so nothing is recorded twice.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, and_, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from .engine import Database, write
+from .records import FAILED, QUEUED, RUNNING, SUCCEEDED, RunRecord
+from .runs import IllegalTransition, run_from_row, transition
+from .schema import metrics_t, run_events_t, run_outputs_t, runs_t, utcnow
+
+REQUEUED, FAILED_OUT = "requeued", "failed"
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What happened to a run whose attempt was lost: re-queued for a retry, or failed for good."""
+
+    run: RunRecord
+    action: str            # REQUEUED | FAILED_OUT
+    reason: str
+
+
+def lease_owner(node: str | None = None) -> str:
+    """`host:pid` of this process (and `@node`, a Ray node id, when given)."""
+    owner = f"{socket.gethostname()}:{os.getpid()}"
+    return f"{owner}@{node}" if node else owner
+
+
+def owner_is_gone(owner: str | None) -> bool:
+    """True when `owner` names a process on this host that no longer exists (no need to wait for its lease)."""
+    if not owner or ":" not in owner:
+        return False
+    host, rest = owner.split(":", 1)
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(int(rest.split("@", 1)[0]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError):
+        return False
+    return False
+
+
+def lease_values(owner: str, lease_s: float, now: datetime | None = None) -> dict[str, Any]:
+    now = now or utcnow()
+    return {"lease_owner": owner, "heartbeat_at": now, "lease_expires_at": now + timedelta(seconds=lease_s)}
+
+
+def renew_lease(db: Database, run_id: str, *, attempt: int, owner: str, lease_s: float) -> bool:
+    """Extend the lease of `attempt`; False when that attempt no longer holds the run (it must stop)."""
+    values = lease_values(owner, lease_s)
+
+    def body(conn: Connection) -> bool:
+        result = conn.execute(update(runs_t).where(and_(
+            runs_t.c.id == run_id, runs_t.c.status == RUNNING, runs_t.c.attempt == attempt,
+            runs_t.c.lease_owner == owner)).values(**values))
+        return result.rowcount == 1
+
+    return write(db, body)
+
+
+def complete_run(db: Database, run_id: str, *, attempt: int, outputs: Mapping[str, str],
+                 metrics: Iterable[tuple[str, int | None, float]]) -> RunRecord:
+    """Record `attempt`'s outputs and final metrics and mark the run succeeded, all in one transaction.
+
+    Raises `IllegalTransition` (and records nothing) when `attempt` no longer holds the run.
+    """
+    now = utcnow()
+    edges = [{"run_id": run_id, "role": role, "digest": digest} for role, digest in outputs.items()]
+    rows = [{"run_id": run_id, "key": k, "step": s, "value": float(v), "logged_at": now} for k, s, v in metrics]
+
+    def body(conn: Connection) -> RunRecord:
+        result = conn.execute(update(runs_t).where(and_(runs_t.c.id == run_id, runs_t.c.status == RUNNING,
+                                                        runs_t.c.attempt == attempt))
+                              .values(status=SUCCEEDED, finished_at=now, lease_expires_at=None))
+        if result.rowcount != 1:
+            current = conn.execute(select(runs_t.c.status, runs_t.c.attempt).where(runs_t.c.id == run_id)).first()
+            raise IllegalTransition(f"run {run_id}: attempt {attempt} no longer holds it (now {current[0]}, "
+                                    f"attempt {current[1]}); expected it running as attempt {attempt}")
+        if edges:
+            upsert = (sqlite_insert if db.is_sqlite else pg_insert)(run_outputs_t)
+            conn.execute(upsert.on_conflict_do_update(index_elements=["run_id", "role"],
+                                                      set_={"digest": upsert.excluded.digest}), edges)
+        if rows:
+            conn.execute(insert(metrics_t), rows)
+        conn.execute(insert(run_events_t), {"run_id": run_id, "at": now, "from_status": RUNNING,
+                                            "to_status": SUCCEEDED, "attempt": attempt, "message": None})
+        return run_from_row(conn.execute(select(runs_t).where(runs_t.c.id == run_id)).one())
+
+    return write(db, body)
+
+
+def retry_or_fail(db: Database, run: RunRecord, reason: str) -> Recovery | None:
+    """Attempt `run.attempt` is lost: re-queue the run while retries last, else fail it with `reason`.
+
+    None when the attempt had already ended or another writer recovered it first.
+    """
+    retries_left = run.max_retries - (run.attempt - 1)
+    try:
+        if retries_left > 0:
+            message = f"{reason}; re-queued for attempt {run.attempt + 1} of {run.max_retries + 1}"
+            new = transition(db, run.id, QUEUED, message=message, expected_from={RUNNING},
+                             expected_attempt=run.attempt)
+            return Recovery(new, REQUEUED, message)
+        message = f"{reason}; retries used up ({run.max_retries})"
+        new = transition(db, run.id, FAILED, message=message, error=message, expected_from={RUNNING},
+                         expected_attempt=run.attempt)
+        return Recovery(new, FAILED_OUT, message)
+    except IllegalTransition:
+        return None
+
+
+def expired_runs(db: Database, run_ids: Iterable[str] | None = None, now: datetime | None = None) -> list[RunRecord]:
+    """Running runs whose lease has run out (optionally only among `run_ids`)."""
+    query = select(runs_t).where(runs_t.c.status == RUNNING, runs_t.c.lease_expires_at < (now or utcnow()))
+    if run_ids is not None:
+        ids = list(run_ids)
+        if not ids:
+            return []
+        query = query.where(runs_t.c.id.in_(ids))
+    with db.transaction() as conn:
+        return [run_from_row(r) for r in conn.execute(query.order_by(runs_t.c.created_at))]
+
+
+def recover_expired(db: Database, run_ids: Iterable[str] | None = None,
+                    now: datetime | None = None) -> list[Recovery]:
+    """Re-queue or fail every running run whose lease ran out (its worker or node is taken for dead)."""
+    recovered = []
+    for run in expired_runs(db, run_ids, now):
+        last = run.heartbeat_at.isoformat(timespec="seconds") if run.heartbeat_at else "never"
+        reason = (f"lease expired: no heartbeat from {run.lease_owner or 'its worker'} since {last} "
+                  f"(attempt {run.attempt}; the worker or its node died)")
+        outcome = retry_or_fail(db, run, reason)
+        if outcome is not None:
+            recovered.append(outcome)
+    return recovered
