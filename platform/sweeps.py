@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import itertools
+import logging
 import math
 import random
 from dataclasses import dataclass
@@ -16,10 +17,12 @@ from typing import Any, Callable
 
 from . import store
 from .config import Settings
+from .store.records import QUEUED, RUNNING, SUCCEEDED, TERMINAL_STATUSES
 from .errors import SpecError
 from .specs import JobSpecBase, apply_overrides, parse_spec
 from .specs.sweep import RandomParam, SweepSpec
 
+log = logging.getLogger(__name__)
 _COMPARE = {ast.Eq: lambda a, b: a == b, ast.NotEq: lambda a, b: a != b, ast.Lt: lambda a, b: a < b,
             ast.LtE: lambda a, b: a <= b, ast.Gt: lambda a, b: a > b, ast.GtE: lambda a, b: a >= b,
             ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b}
@@ -168,7 +171,13 @@ class SweepRow:
 
 def run_sweep(sweep_id: str, settings: Settings, *, executor: str = "ray", no_cache: bool = False,
               on_finish: Callable[[str, str], None] | None = None) -> dict[str, str]:
-    """Submit (or, on resume, re-submit) every child without a succeeded run, and run them."""
+    """Run every combination of the sweep that has no succeeded child yet; returns run id -> final status.
+
+    On resume, children are taken from the store as they are: a queued child is dispatched as it is, a
+    running child whose lease ran out (its submitter, worker or node died) is re-queued or failed by its
+    retries, and a running child that still holds its lease is waited for (another process runs it).
+    Only combinations without a child, or whose child failed or was cancelled, get a new run.
+    """
     from .provenance import code_version
     from .scheduler.ray_executor import EXECUTORS
     from .scheduler.submit import record_submission, resolve_inputs
@@ -180,20 +189,60 @@ def run_sweep(sweep_id: str, settings: Settings, *, executor: str = "ray", no_ca
     if sweep.strategy == "optuna":
         from .sweep_optuna import run_optuna_sweep
         return run_optuna_sweep(record.id, settings, executor=executor, no_cache=no_cache, on_finish=on_finish)
-    done = {store.get_run(db, rid).spec_hash for rid in record.run_ids
-            if store.get_run(db, rid).status == "succeeded"}
+    for outcome in store.recover_expired(db, run_ids=record.run_ids):
+        log.warning("sweep %s: child %s: %s", record.id[:10], outcome.run.id[:10], outcome.reason)
+    newest = {run.spec_hash: run for run in sorted((store.get_run(db, rid) for rid in record.run_ids),
+                                                   key=lambda r: r.created_at)}
     code = code_version()
-    pending = []
+    pending: list[str] = []
+    elsewhere: list[str] = []
     for _, spec in child_specs(sweep):
-        if spec_hash(spec.with_resolved_inputs(resolve_inputs(db, spec))) in done:
-            continue  # resuming: this combination already succeeded in this sweep
+        child = newest.get(spec_hash(spec.with_resolved_inputs(resolve_inputs(db, spec))))
+        if child is not None and child.status == SUCCEEDED:
+            continue
+        if child is not None and child.status in (QUEUED, RUNNING):
+            (pending if child.status == QUEUED else elsewhere).append(child.id)
+            continue
         sub = record_submission(db, spec, code=code, executor=executor, no_cache=no_cache, sweep_id=record.id)
         if not sub.cache_hit:
             pending.append(sub.run.id)
     store.set_sweep_status(db, record.id, "running")
-    finals = EXECUTORS[executor](pending, settings, on_finish=on_finish, max_in_flight=sweep.max_concurrency)
-    failed = any(status != "succeeded" for status in finals.values())
-    store.set_sweep_status(db, record.id, "failed" if failed else "succeeded")
+    run_batch = EXECUTORS[executor]
+    finals = run_batch(pending, settings, on_finish=on_finish, max_in_flight=sweep.max_concurrency)
+    finals.update(_wait_for_children(db, elsewhere, lambda ids: run_batch(
+        ids, settings, on_finish=on_finish, max_in_flight=sweep.max_concurrency), on_finish))
+    _, rows = sweep_results(db, record.id)
+    store.set_sweep_status(db, record.id, "succeeded" if all(r.status == SUCCEEDED for r in rows) else "failed")
+    return finals
+
+
+def _wait_for_children(db: Any, run_ids: list[str], run_batch: Callable[[list[str]], dict[str, str]],
+                       on_finish: Callable[[str, str], None] | None, poll_s: float = 1.0) -> dict[str, str]:
+    """Wait for children another process runs; run those whose lease runs out and get re-queued."""
+    import time
+
+    finals: dict[str, str] = {}
+    waiting = set(run_ids)
+    if waiting:
+        log.warning("waiting for %d running children held by other processes (their leases)", len(waiting))
+    while waiting:
+        for outcome in store.recover_expired(db, run_ids=sorted(waiting)):
+            log.warning("child %s: %s", outcome.run.id[:10], outcome.reason)
+        requeued = []
+        for run_id in sorted(waiting):
+            run = store.get_run(db, run_id)
+            if run.status == QUEUED:
+                requeued.append(run_id)
+            elif run.status in TERMINAL_STATUSES:
+                finals[run_id] = run.status
+                waiting.discard(run_id)
+                if on_finish:
+                    on_finish(run_id, run.status)
+        if requeued:
+            finals.update(run_batch(requeued))
+            waiting.difference_update(requeued)
+        elif waiting:
+            time.sleep(poll_s)
     return finals
 
 

@@ -37,3 +37,25 @@ def current(ctx: click.Context, as_json: bool) -> None:
         emit_json({"current": cur, "head": head, "up_to_date": cur == head})
     else:
         click.echo(f"{cur or 'empty'} (head: {head}){'' if cur == head else '  -> run: bitsmith db upgrade'}")
+
+
+@db.command("check")
+@click.option("--no-verify", is_flag=True, help="only check that artifact bytes exist (skip re-hashing them)")
+@json_option
+@click.pass_context
+def check(ctx: click.Context, no_verify: bool, as_json: bool) -> None:
+    """Check that the store and the artifact root agree; exits 1 when something is wrong."""
+    from ..integrity import check_store
+    from .common import open_db
+
+    report = check_store(open_db(ctx), settings_from(ctx), verify_bytes=not no_verify)
+    if as_json:
+        emit_json({"ok": report.ok, "artifacts_checked": report.artifacts_checked,
+                   "runs_checked": report.runs_checked, "problems": report.problems})
+    else:
+        for p in report.problems:
+            click.echo(f"{p.what} {p.ref[:12]}: {p.issue}")
+        click.echo(f"{report.artifacts_checked} artifacts, {report.runs_checked} runs checked: "
+                   f"{'ok' if report.ok else f'{len(report.problems)} problem(s)'}")
+    if not report.ok:
+        ctx.exit(1)

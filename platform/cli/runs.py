@@ -1,4 +1,4 @@
-"""`bitsmith runs list|show|logs|cancel|compare`."""
+"""`bitsmith runs list|show|logs|cancel|recover|compare`."""
 from __future__ import annotations
 
 import time
@@ -178,6 +178,40 @@ def cancel_runs(ctx: click.Context, run_refs: tuple[str, ...]) -> None:
             continue
         after = store.request_cancel(db, r.id)  # a queued run is cancelled at once
         info(f"run {r.id} cancelled" if after.status == CANCELLED else f"cancel requested for run {r.id}")
+
+
+@runs.command("recover")
+@click.argument("run_refs", nargs=-1)
+@click.option("--executor", type=click.Choice(["ray", "local"]), default="ray", show_default=True,
+              help="how re-queued runs are run again")
+@click.option("--wait", is_flag=True, help="run the re-queued runs in this process instead of a detached runner")
+@json_option
+@click.pass_context
+def recover_runs(ctx: click.Context, run_refs: tuple[str, ...], executor: str, wait: bool, as_json: bool) -> None:
+    """Re-queue (while retries last) or fail running runs whose lease expired: their worker, node or
+    submitting process died. All such runs, or only RUN_REFS. Re-queued runs are dispatched again."""
+    from .. import store
+    from ..scheduler.ray_executor import EXECUTORS
+    from .common import settings_from
+    from .submit import spawn_runner
+
+    db = open_db(ctx)
+    ids = [store.get_run(db, ref).id for ref in run_refs] if run_refs else None
+    recovered = store.recover_expired(db, run_ids=ids)
+    for r in recovered:
+        info(f"run {r.run.id}: {r.action}: {r.reason}")
+    requeued = [r.run.id for r in recovered if r.action == store.ledger.REQUEUED]
+    if not recovered:
+        info("no running run has an expired lease")
+    finals: dict[str, str] = {}
+    if requeued and wait:
+        finals = EXECUTORS[executor](requeued, settings_from(ctx))
+    elif requeued:
+        pid = spawn_runner(requeued, settings_from(ctx), executor)
+        info(f"re-queued runs dispatched by runner pid {pid}; follow with: bitsmith runs list --status running")
+    if as_json:
+        emit_json([{"run_id": r.run.id, "action": r.action, "reason": r.reason,
+                    "final_status": finals.get(r.run.id)} for r in recovered])
 
 
 @runs.command("compare")
