@@ -194,23 +194,34 @@ def run_sweep(sweep_id: str, settings: Settings, *, executor: str = "ray", no_ca
     newest = {run.spec_hash: run for run in sorted((store.get_run(db, rid) for rid in record.run_ids),
                                                    key=lambda r: r.created_at)}
     code = code_version()
+
+    def submit(spec: JobSpecBase) -> str | None:
+        sub = record_submission(db, spec, code=code, executor=executor, no_cache=no_cache, sweep_id=record.id)
+        return None if sub.cache_hit else sub.run.id
+
     pending: list[str] = []
-    elsewhere: list[str] = []
+    elsewhere: dict[str, JobSpecBase] = {}
     for _, spec in child_specs(sweep):
         child = newest.get(spec_hash(spec.with_resolved_inputs(resolve_inputs(db, spec))))
         if child is not None and child.status == SUCCEEDED:
             continue
-        if child is not None and child.status in (QUEUED, RUNNING):
-            (pending if child.status == QUEUED else elsewhere).append(child.id)
-            continue
-        sub = record_submission(db, spec, code=code, executor=executor, no_cache=no_cache, sweep_id=record.id)
-        if not sub.cache_hit:
-            pending.append(sub.run.id)
+        if child is not None and child.status == QUEUED:
+            pending.append(child.id)
+        elif child is not None and child.status == RUNNING:
+            elsewhere[child.id] = spec
+        elif (run_id := submit(spec)) is not None:
+            pending.append(run_id)
     store.set_sweep_status(db, record.id, "running")
-    run_batch = EXECUTORS[executor]
-    finals = run_batch(pending, settings, on_finish=on_finish, max_in_flight=sweep.max_concurrency)
-    finals.update(_wait_for_children(db, elsewhere, lambda ids: run_batch(
-        ids, settings, on_finish=on_finish, max_in_flight=sweep.max_concurrency), on_finish))
+
+    def run_batch(run_ids: list[str]) -> dict[str, str]:
+        return EXECUTORS[executor](run_ids, settings, on_finish=on_finish, max_in_flight=sweep.max_concurrency)
+
+    finals = run_batch(pending)
+    if elsewhere:
+        finals.update(_wait_for_children(db, list(elsewhere), run_batch, on_finish))
+        again = [run_id for old, spec in elsewhere.items()  # lost for good while we waited: run anew
+                 if finals.get(old) != SUCCEEDED and (run_id := submit(spec)) is not None]
+        finals.update(run_batch(again))
     _, rows = sweep_results(db, record.id)
     store.set_sweep_status(db, record.id, "succeeded" if all(r.status == SUCCEEDED for r in rows) else "failed")
     return finals

@@ -194,7 +194,7 @@ def run_on_ray(run_ids: list[str], settings: Settings, *,
         batch.fill()
         last_control = time.monotonic()
         while batch.in_flight:
-            done, _ = ray.wait(list(batch.in_flight), num_returns=len(batch.in_flight), timeout=POLL_S)
+            done, _ = ray.wait(list(batch.in_flight), num_returns=1, timeout=POLL_S)  # refill a slot at once
             for ref in done:
                 batch.collect(ref)
             if time.monotonic() - last_control > CONTROL_EVERY_S:

@@ -1,29 +1,10 @@
 """The real CLI on PostgreSQL: never migrated silently, then the full submit/lineage path works."""
 from __future__ import annotations
 
-import socket
-import uuid
-
 import pytest
 
 pytestmark = pytest.mark.postgres
 PG = ("127.0.0.1", 5432)
-
-
-@pytest.fixture
-def pg_url():
-    try:
-        socket.create_connection(PG, timeout=1).close()
-    except OSError:
-        pytest.skip("PostgreSQL does not answer at 127.0.0.1:5432")
-    import psycopg
-
-    name = f"bitsmith_cli_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_cli_on_postgres(tmp_path, pg_url, make_cli) -> None:
