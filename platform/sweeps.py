@@ -261,7 +261,7 @@ def sweep_results(db: Any, sweep_id: str) -> tuple[SweepSpec, list[SweepRow]]:
     """One row per parameter combination (its newest child), sorted by the first objective, Pareto marked."""
     record = store.get_sweep(db, sweep_id)
     sweep = load_sweep_spec(record.spec, source=f"sweep {record.id}")
-    runs = sorted((store.get_run(db, rid) for rid in record.run_ids), key=lambda r: r.created_at)
+    runs = sorted(store.list_runs(db, sweep_id=record.id, limit=None), key=lambda r: (r.created_at, r.id))
     by_hash = {r.spec_hash: r for r in runs}  # newest child per combination wins
     finals = store.final_metrics(db, [r.id for r in by_hash.values()])
     rows = [SweepRow(r.id, {p: _at(r.spec, p) for p in sweep.parameters}, r.status, finals.get(r.id, {}))
@@ -273,7 +273,7 @@ def sweep_results(db: Any, sweep_id: str) -> tuple[SweepSpec, list[SweepRow]]:
                          for m, sign in objectives)
 
         scored = [r for r in rows if r.status == "succeeded" and all(m in r.metrics for m, _ in objectives)]
-        front = {r.run_id for r in scored if not any(_dominates(key(o), key(r)) for o in scored if o is not r)}
+        front = {scored[i].run_id for i in pareto_front([key(r) for r in scored])}
         rows = sorted((SweepRow(r.run_id, r.params, r.status, r.metrics, r.run_id in front) for r in rows), key=key)
     return sweep, rows
 
@@ -282,6 +282,19 @@ def _at(data: dict[str, Any], path: str) -> Any:
     for part in path.split("."):
         data = data.get(part) if isinstance(data, dict) else None  # type: ignore[assignment]
     return data
+
+
+def pareto_front(points: list[tuple[float, ...]]) -> list[int]:
+    """Indices of the points no other point dominates (all objectives minimised).
+
+    In lexicographic order a point can only be dominated by one before it, and then also by one already on
+    the front (dominance is transitive), so each point is compared with the front only.
+    """
+    front: list[int] = []
+    for i in sorted(range(len(points)), key=points.__getitem__):
+        if not any(_dominates(points[j], points[i]) for j in front):
+            front.append(i)
+    return front
 
 
 def _dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:

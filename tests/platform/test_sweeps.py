@@ -53,3 +53,16 @@ def test_constraint_language_is_small_and_names_unknown_parameters() -> None:
 
 def test_pareto_dominance() -> None:
     assert _dominates((1.0, 1.0), (1.0, 2.0)) and not _dominates((1.0, 2.0), (2.0, 1.0))
+
+
+def test_pareto_front_equals_the_all_pairs_definition_with_ties():
+    import random
+
+    from bitsmith.platform.sweeps import _dominates, pareto_front
+
+    rng = random.Random(0)
+    for _ in range(300):
+        n, dims = rng.randint(0, 30), rng.randint(1, 3)
+        points = [tuple(float(rng.randint(0, 5)) for _ in range(dims)) for _ in range(n)]  # small ints: many ties
+        brute = {i for i in range(n) if not any(_dominates(points[j], points[i]) for j in range(n) if j != i)}
+        assert set(pareto_front(points)) == brute
