@@ -1,16 +1,34 @@
 """`QuantizedLinear`: a linear layer that stores bit-packed weights and computes with them.
 
-On CPU (and by default everywhere) the forward pass unpacks and dequantizes the weight, then runs a
-dense matmul (the reference path). An optional Triton kernel can be plugged in on CUDA; Triton is
-never imported on CPU.
+The reference path unpacks and dequantizes the weight, then runs a dense matmul; it runs everywhere.
+On a CUDA input, when triton imports and `triton_qlinear.unsupported_reason` finds nothing against it,
+the forward pass runs the fused Triton kernel of `triton_qlinear` instead (same dequantized weight,
+fp32 accumulation). Triton is never imported on CPU.
 """
 from __future__ import annotations
+
+import functools
+import logging
+from types import ModuleType
 
 import torch
 from torch import Tensor, nn
 
 from .packing import pack_codes, packed_words, tensor_bits, unpack_codes
 from .quantizers import QuantizedWeight, dequantize_codes
+
+logger = logging.getLogger(__name__)
+
+
+@functools.cache
+def _triton_kernels() -> ModuleType | None:
+    """The Triton kernel module, or None when triton does not import (then the reference path runs)."""
+    try:
+        from . import triton_qlinear
+    except ImportError as e:
+        logger.info("QuantizedLinear: triton unavailable (%s); using the torch reference on CUDA", e)
+        return None
+    return triton_qlinear
 
 
 class QuantizedLinear(nn.Module):
@@ -78,6 +96,10 @@ class QuantizedLinear(nn.Module):
         return dequantize_codes(qw.codes, qw.scales, qw.zeros, qw.column_groups(), dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.is_cuda and (kernels := _triton_kernels()) is not None \
+                and kernels.unsupported_reason(x, self.qweight, self.bits) is None:
+            return kernels.quantized_linear(x, self.qweight, self.scales, self.qzeros, self.g_idx, self.bias,
+                                            self.bits, self.group_size)
         weight = self.dequantized_weight(dtype=x.dtype)
         bias = self.bias.to(x.dtype) if self.bias is not None else None
         return nn.functional.linear(x, weight, bias)
