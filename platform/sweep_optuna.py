@@ -91,9 +91,10 @@ def run_optuna_sweep(sweep_id: str, settings: Settings, *, executor: str = "ray"
                                 directions=[_DIRECTIONS[o.goal] for o in sweep.objectives],
                                 sampler=_samplers(optuna)[sampler_name(sweep)](seed))
     numbers, unfinished = _rebuild_study(db, record, sweep, study, space)
-    for _, params in unfinished:
+    for old_run_id, _, params in unfinished:
         study.enqueue_trial(params)  # the next asks return these first, in this order
-    retry = deque(n for n, _ in unfinished)
+        store.request_cancel(db, old_run_id)  # its new run supersedes it: don't leave the old row queued/running
+    retry = deque(n for _, n, _ in unfinished)
     next_number = max(numbers, default=-1) + 1
     code = code_version()
 
@@ -163,10 +164,10 @@ def objective_values(db: Any, sweep: SweepSpec, run_id: str) -> list[float] | No
 
 
 def _rebuild_study(db: Any, record: Any, sweep: SweepSpec, study: Any,
-                   space: dict[str, Any]) -> tuple[list[int], list[tuple[int, dict[str, Any]]]]:
+                   space: dict[str, Any]) -> tuple[list[int], list[tuple[str, int, dict[str, Any]]]]:
     """Add the sweep's finished children to `study` as finished trials, in trial order.
 
-    Returns every trial number used so far and (number, params) of the children that never finished.
+    Returns every trial number used so far and (run id, number, params) of the children that never finished.
     """
     import optuna
     from optuna.trial import TrialState
@@ -183,7 +184,7 @@ def _rebuild_study(db: Any, record: Any, sweep: SweepSpec, study: Any,
     for number, run in sorted(newest.items()):
         params = {name: _param_value(dist, _at(run.spec, name)) for name, dist in space.items()}
         if run.status not in TERMINAL_STATUSES:
-            unfinished.append((number, params))
+            unfinished.append((run.id, number, params))
             continue
         values = objective_values(db, sweep, run.id)
         state = TrialState.COMPLETE if values is not None else TrialState.FAIL

@@ -186,11 +186,11 @@ def run_sweep(sweep_id: str, settings: Settings, *, executor: str = "ray", no_ca
     db = store.open_database(settings.db_url)
     record = store.get_sweep(db, sweep_id)
     sweep = load_sweep_spec(record.spec, source=f"sweep {record.id}")
+    for outcome in store.recover_expired(db, run_ids=record.run_ids):
+        log.warning("sweep %s: child %s: %s", record.id[:10], outcome.run.id[:10], outcome.reason)
     if sweep.strategy == "optuna":
         from .sweep_optuna import run_optuna_sweep
         return run_optuna_sweep(record.id, settings, executor=executor, no_cache=no_cache, on_finish=on_finish)
-    for outcome in store.recover_expired(db, run_ids=record.run_ids):
-        log.warning("sweep %s: child %s: %s", record.id[:10], outcome.run.id[:10], outcome.reason)
     newest = {run.spec_hash: run for run in sorted((store.get_run(db, rid) for rid in record.run_ids),
                                                    key=lambda r: r.created_at)}
     code = code_version()
@@ -221,7 +221,8 @@ def run_sweep(sweep_id: str, settings: Settings, *, executor: str = "ray", no_ca
         finals.update(_wait_for_children(db, list(elsewhere), run_batch, on_finish))
         again = [run_id for old, spec in elsewhere.items()  # lost for good while we waited: run anew
                  if finals.get(old) != SUCCEEDED and (run_id := submit(spec)) is not None]
-        finals.update(run_batch(again))
+        if again:
+            finals.update(run_batch(again))
     _, rows = sweep_results(db, record.id)
     store.set_sweep_status(db, record.id, "succeeded" if all(r.status == SUCCEEDED for r in rows) else "failed")
     return finals

@@ -110,10 +110,8 @@ def _run_attempt(db: Any, run: RunRecord, spec: Any, settings: Settings, attempt
         if lost.is_set():
             return _lease_lost(db, run.id, attempt)
         if isinstance(exc, SystemExit):  # the process is being stopped from outside (Ray ends a dead driver's tasks)
-            lost_attempt = store.get_run(db, run.id)
-            if lost_attempt.status == RUNNING and lost_attempt.attempt == attempt:
-                store.retry_or_fail(db, lost_attempt, f"worker process was stopped on attempt {attempt} "
-                                                      f"(SystemExit: {exc.code}; e.g. its submitting process died)")
+            store.retry_or_fail(db, run, f"worker process was stopped on attempt {attempt} "  # fenced on `attempt`
+                                         f"(SystemExit: {exc.code}; e.g. its submitting process died)")
             raise
         reason = "timed out" if isinstance(exc, JobTimeout) else type(exc).__name__
         try:

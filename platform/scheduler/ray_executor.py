@@ -123,24 +123,23 @@ class _Dispatch:
             finish_if_unfinished(self.db, run_id, FAILED, f"task body raised: {str(exc)[-800:]}")
             status = FAILED
         except Exception as exc:  # the worker process or its node died
-            status = self.lost(run_id, f"worker process died on attempt {{attempt}} ({type(exc).__name__}: "
-                                       f"{str(exc)[:300]})")
+            status = self.lost(run_id, f"{type(exc).__name__}: {str(exc)[:300]}")
         if status == QUEUED:
             self.waiting.appendleft(run_id)
         else:  # terminal, or (rarely) running under another executor that claimed it first
             self.finish(run_id, status)
 
-    def lost(self, run_id: str, reason: str) -> str:
-        """The task of `run_id` is gone: re-queue the run while its retries last, else fail it."""
+    def lost(self, run_id: str, cause: str) -> str:
+        """The task of `run_id` died (`cause`): re-queue the run while its retries last, else fail it."""
         run = store.get_run(self.db, run_id)
         if run.status == RUNNING:
-            outcome = store.retry_or_fail(self.db, run, reason.format(attempt=run.attempt))
+            outcome = store.retry_or_fail(self.db, run, f"worker process died on attempt {run.attempt} ({cause})")
             if outcome is not None:
                 log.warning("run %s: %s", run_id, outcome.reason)
             return store.get_run(self.db, run_id).status
         if run.status == QUEUED and self.starts.get(run_id, 0) > run.max_retries:  # died before it could claim
-            finish_if_unfinished(self.db, run_id, FAILED,
-                                 reason.format(attempt=run.attempt + 1) + f"; retries used up ({run.max_retries})")
+            finish_if_unfinished(self.db, run_id, FAILED, f"worker process died on attempt {run.attempt + 1} "
+                                                          f"({cause}); retries used up ({run.max_retries})")
             return FAILED
         return store.get_run(self.db, run_id).status
 

@@ -16,12 +16,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, and_, insert, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from .engine import Database, write
+from .metrics import metric_rows
 from .records import FAILED, QUEUED, RUNNING, SUCCEEDED, RunRecord
-from .runs import IllegalTransition, run_from_row, transition
+from .runs import IllegalTransition, run_from_row, transition, upsert_edges
 from .schema import metrics_t, run_events_t, run_outputs_t, runs_t, utcnow
 
 REQUEUED, FAILED_OUT = "requeued", "failed"
@@ -83,8 +82,7 @@ def complete_run(db: Database, run_id: str, *, attempt: int, outputs: Mapping[st
     Raises `IllegalTransition` (and records nothing) when `attempt` no longer holds the run.
     """
     now = utcnow()
-    edges = [{"run_id": run_id, "role": role, "digest": digest} for role, digest in outputs.items()]
-    rows = [{"run_id": run_id, "key": k, "step": s, "value": float(v), "logged_at": now} for k, s, v in metrics]
+    rows = metric_rows(run_id, metrics)
 
     def body(conn: Connection) -> RunRecord:
         result = conn.execute(update(runs_t).where(and_(runs_t.c.id == run_id, runs_t.c.status == RUNNING,
@@ -94,10 +92,7 @@ def complete_run(db: Database, run_id: str, *, attempt: int, outputs: Mapping[st
             current = conn.execute(select(runs_t.c.status, runs_t.c.attempt).where(runs_t.c.id == run_id)).first()
             raise IllegalTransition(f"run {run_id}: attempt {attempt} no longer holds it (now {current[0]}, "
                                     f"attempt {current[1]}); expected it running as attempt {attempt}")
-        if edges:
-            upsert = (sqlite_insert if db.is_sqlite else pg_insert)(run_outputs_t)
-            conn.execute(upsert.on_conflict_do_update(index_elements=["run_id", "role"],
-                                                      set_={"digest": upsert.excluded.digest}), edges)
+        upsert_edges(db, conn, run_outputs_t, run_id, outputs)
         if rows:
             conn.execute(insert(metrics_t), rows)
         conn.execute(insert(run_events_t), {"run_id": run_id, "at": now, "from_status": RUNNING,

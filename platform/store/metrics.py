@@ -13,11 +13,16 @@ from .records import MetricRecord
 from .schema import metrics_t, utcnow
 
 
+def metric_rows(run_id: str, batch: Iterable[tuple[str, int | None, float]]) -> list[dict]:
+    """Rows of the metrics table for (key, step, value) triples of run `run_id`, logged now."""
+    now = utcnow()
+    return [{"run_id": run_id, "key": key, "step": None if step is None else int(step), "value": float(value),
+             "logged_at": now} for key, step, value in batch]
+
+
 def log_metrics(db: Database, run_id: str, batch: Iterable[tuple[str, int | None, float]]) -> int:
     """Insert (key, step, value) rows for run `run_id` in one transaction, one executemany; return the count."""
-    now = utcnow()
-    rows = [{"run_id": run_id, "key": key, "step": None if step is None else int(step), "value": float(value),
-             "logged_at": now} for key, step, value in batch]
+    rows = metric_rows(run_id, batch)
     if not rows:
         return 0
     try:

@@ -277,14 +277,21 @@ def add_run_inputs(db: Database, run_id: str, inputs: Mapping[str, str]) -> None
     _add_edges(db, run_inputs_t, run_id, inputs, "inputs")
 
 
+def upsert_edges(db: Database, conn: Connection, table: Any, run_id: str, edges: Mapping[str, str]) -> None:
+    """Insert role -> digest edges of `run_id` inside `conn`'s transaction; a role given again is repointed."""
+    if not edges:
+        return
+    rows = [{"run_id": run_id, "role": role, "digest": digest} for role, digest in edges.items()]
+    upsert = (sqlite_insert if db.is_sqlite else pg_insert)(table)
+    conn.execute(upsert.on_conflict_do_update(index_elements=["run_id", "role"],
+                                              set_={"digest": upsert.excluded.digest}), rows)
+
+
 def _add_edges(db: Database, table: Any, run_id: str, outputs: Mapping[str, str], what: str) -> None:
     if not outputs:
         return
-    edges = [{"run_id": run_id, "role": role, "digest": digest} for role, digest in outputs.items()]
-    upsert = (sqlite_insert if db.is_sqlite else pg_insert)(table)
-    upsert = upsert.on_conflict_do_update(index_elements=["run_id", "role"], set_={"digest": upsert.excluded.digest})
     try:
-        write(db, lambda conn: conn.execute(upsert, edges))
+        write(db, lambda conn: upsert_edges(db, conn, table, run_id, outputs))
     except IntegrityError as exc:
         raise _integrity_error(db, f"run {run_id} {what}", exc, outputs) from None
 

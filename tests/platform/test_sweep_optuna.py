@@ -115,6 +115,8 @@ def test_resume_continues_to_the_total_without_rerunning_finished_trials(setting
     assert len(rows) == 7 and all(r.status == "succeeded" for r in rows)  # the dead child's re-run supersedes it
     assert not any(store.get_run(db, rid).cache_hit_of for rid in after.run_ids)  # no first suggestion repeated
     assert all(store.get_run(db, rid).status == status for rid, status in before.items() if status == "succeeded")
+    superseded = [rid for rid, status in before.items() if status == "queued"]
+    assert [store.get_run(db, rid).status for rid in superseded] == ["cancelled"]  # not left queued forever
 
 
 def test_repeated_trials_of_one_config_are_cache_hits(settings: Settings) -> None:
