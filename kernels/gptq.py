@@ -8,14 +8,21 @@ upper Cholesky factor of H^-1 and applies lazily in blocks of `block_size` colum
 """
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import ModuleType
 
 import torch
 from torch import Tensor
 
 from .quantizers import (SCALE_DTYPE, QuantizedWeight, affine_params, check_group_size, dequantize_affine,
                          quantize_rtn, quantize_to_codes)
+
+logger = logging.getLogger(__name__)
+COLUMN_LOOP_BACKENDS = ("auto", "torch", "triton")
+GroupParams = Callable[[Tensor], tuple[Tensor, Tensor]]  # columns [rows, n] -> (scale, zero) per row
 
 
 @dataclass
@@ -24,6 +31,7 @@ class GPTQResult:
     method_used: str  # "gptq", or "rtn" when the Hessian could not be made positive definite
     damp_percent_used: float | None
     warnings: list[str] = field(default_factory=list)
+    column_loop: str = "torch"  # where the column loop ran: "torch" or "triton" (`triton_gptq`); "" for RTN
 
 
 def accumulate_hessian(hessian: Tensor, n_rows: int, inputs: Tensor) -> int:
@@ -61,7 +69,8 @@ def inverse_hessian_cholesky(hessian: Tensor, damp_percent: float) -> Tensor | N
 def gptq_quantize(weight: Tensor, hessian: Tensor, bits: int = 4, group_size: int | None = 128,
                   symmetric: bool = False, mse_clip: bool = False, damp_percent: float = 0.01,
                   block_size: int = 128, act_order: bool = False, static_groups: bool = False,
-                  scale_dtype: torch.dtype = SCALE_DTYPE, max_damp_tries: int = 4) -> GPTQResult:
+                  scale_dtype: torch.dtype = SCALE_DTYPE, max_damp_tries: int = 4,
+                  backend: str = "auto") -> GPTQResult:
     """Quantize `weight` [out, in] with GPTQ given its input Hessian [in, in] (`accumulate_hessian`).
 
     group_size None/-1 is per-channel. With `act_order`, columns are processed in order of decreasing
@@ -71,10 +80,16 @@ def gptq_quantize(weight: Tensor, hessian: Tensor, bits: int = 4, group_size: in
 
     If H + damping is not positive definite, damping is multiplied by 10 up to `max_damp_tries`
     times, and then RTN is used; each step is recorded in `warnings`.
+
+    `backend` picks where the column loop runs: "auto" uses the fused Triton kernel (`triton_gptq`, one
+    launch per lazy batch instead of a dozen per column) on CUDA when triton imports and the layer is
+    supported, else torch; "torch" and "triton" force one (see `_fused_kernels`). Both give the same codes.
     """
     if weight.ndim != 2 or hessian.shape != (weight.shape[1], weight.shape[1]):
         raise ValueError(f"weight [out, in] and hessian [in, in] expected; got {tuple(weight.shape)} "
                          f"and {tuple(hessian.shape)}")
+    if backend not in COLUMN_LOOP_BACKENDS:
+        raise ValueError(f"backend {backend!r} not in {COLUMN_LOOP_BACKENDS}")
     rows, cols = weight.shape
     g = check_group_size(cols, group_size)
     n_groups = cols // g
@@ -118,13 +133,65 @@ def gptq_quantize(weight: Tensor, hessian: Tensor, bits: int = 4, group_size: in
         warnings.append("GPTQ fell back to round-to-nearest (RTN) for this layer")
         return GPTQResult(quantize_rtn(weight, bits=bits, group_size=group_size, symmetric=symmetric,
                                        mse_clip=mse_clip, scale_dtype=scale_dtype),
-                          method_used="rtn", damp_percent_used=None, warnings=warnings)
+                          method_used="rtn", damp_percent_used=None, warnings=warnings, column_loop="")
 
     use_static = bool(static_params)
-    static_group_of = (perm // g).tolist()  # group of the column processed at each position
+    static_group_of = perm // g  # static group of the column processed at each position
     codes = torch.zeros_like(W)
     scales = torch.zeros(rows, n_groups, device=W.device)
     zeros = torch.zeros(rows, n_groups, device=W.device)
+    for k, (s, z) in enumerate(static_params):
+        scales[:, k], zeros[:, k] = s, z
+    fused = _fused_kernels(backend, W, g, block_size, not use_static, mse_clip, scale_dtype)
+    if fused is None:
+        _column_loop_torch(W, hinv, codes, scales, zeros, static_group_of.tolist() if use_static else None,
+                           params, g, block_size, bits)
+    else:
+        _column_loop_fused(fused, W, hinv, codes, scales, zeros, static_group_of if use_static else None,
+                           params, g, block_size, bits=bits, symmetric=symmetric, scale_dtype=scale_dtype)
+
+    g_idx = None
+    if act_order:
+        inv = torch.argsort(perm)
+        codes = codes[:, inv]
+        if not use_static:
+            g_idx = (inv // g).to(torch.int32)  # column c was processed at position inv[c]
+    result = QuantizedWeight(codes=codes.to(torch.int32), scales=scales.to(scale_dtype),
+                             zeros=zeros.to(torch.int32), bits=bits, group_size=g, symmetric=symmetric,
+                             g_idx=g_idx)
+    return GPTQResult(result, method_used="gptq", damp_percent_used=damp, warnings=warnings,
+                      column_loop="torch" if fused is None else "triton")
+
+
+def _fused_kernels(backend: str, W: Tensor, g: int, block_size: int, dynamic_groups: bool, mse_clip: bool,
+                   scale_dtype: torch.dtype) -> ModuleType | None:
+    """The Triton column-loop module when `backend` asks for it and it can run this layer, else None.
+
+    "auto": on CUDA when triton imports and the layer is supported; "torch": never; "triton": always
+    (on CPU tensors this needs TRITON_INTERPRET=1), raising ValueError with the reason when unsupported.
+    """
+    if backend == "torch" or (backend == "auto" and not W.is_cuda):
+        return None
+    try:
+        from . import triton_gptq
+    except ImportError as e:
+        if backend == "triton":
+            raise ValueError(f"backend 'triton' needs triton: {e}") from e
+        logger.info("gptq: triton unavailable (%s); the column loop runs in torch", e)
+        return None
+    reason = triton_gptq.unsupported_reason(W, g, block_size, dynamic_groups, mse_clip, scale_dtype)
+    if reason is not None:
+        if backend == "triton":
+            raise ValueError(f"backend 'triton' cannot run this layer: {reason}")
+        logger.info("gptq: column loop runs in torch (%s)", reason)
+        return None
+    return triton_gptq
+
+
+def _column_loop_torch(W: Tensor, hinv: Tensor, codes: Tensor, scales: Tensor, zeros: Tensor,
+                       static_group_of: list[int] | None, params: GroupParams, g: int, block_size: int, bits: int) -> None:
+    """Algorithm 1's loop in torch ops, column by column inside lazy batches of `block_size` columns."""
+    rows, cols = W.shape
     scale = zero = torch.empty(0)
     for i1 in range(0, cols, block_size):  # Alg. 1 "for i = 0, B, 2B, ...": lazy batches of B columns
         i2 = min(i1 + block_size, cols)
@@ -134,8 +201,9 @@ def gptq_quantize(weight: Tensor, hessian: Tensor, bits: int = 4, group_size: in
         Hinv1 = hinv[i1:i2, i1:i2]
         for i in range(count):  # Alg. 1 "for j = i, ..., i + B - 1"
             j = i1 + i
-            if use_static:
-                scale, zero = static_params[static_group_of[j]]
+            if static_group_of is not None:
+                k = static_group_of[j]
+                scale, zero = scales[:, k], zeros[:, k]
             elif j % g == 0:
                 # A group's parameters come from its columns' current (error-updated) values. Columns
                 # past this block have not yet received this block's lazy update; apply it here so
@@ -157,19 +225,29 @@ def gptq_quantize(weight: Tensor, hessian: Tensor, bits: int = 4, group_size: in
             Err1[:, i] = err
         W[:, i2:] -= Err1 @ hinv[i1:i2, i2:]  # W[:, i+B:] -= E H^-1[i:i+B, i+B:] (the lazy batch update)
 
-    g_idx = None
-    if use_static:
-        for k, (s, z) in enumerate(static_params):
-            scales[:, k], zeros[:, k] = s, z
-    if act_order:
-        inv = torch.argsort(perm)
-        codes = codes[:, inv]
-        if not use_static:
-            g_idx = (inv // g).to(torch.int32)  # column c was processed at position inv[c]
-    result = QuantizedWeight(codes=codes.to(torch.int32), scales=scales.to(scale_dtype),
-                             zeros=zeros.to(torch.int32), bits=bits, group_size=g, symmetric=symmetric,
-                             g_idx=g_idx)
-    return GPTQResult(result, method_used="gptq", damp_percent_used=damp, warnings=warnings)
+
+def _column_loop_fused(kernels: ModuleType, W: Tensor, hinv: Tensor, codes: Tensor, scales: Tensor,
+                       zeros: Tensor, static_group_of: Tensor | None, params: GroupParams, g: int, block_size: int, *,
+                       bits: int, symmetric: bool, scale_dtype: torch.dtype) -> None:
+    """The same loop with each lazy batch's column loop in one Triton kernel (`triton_gptq`)."""
+    rows, cols = W.shape
+    hinv = hinv.contiguous()  # the Cholesky factor may come back column-major
+    if static_group_of is not None:
+        group_of_position = static_group_of.to(torch.int32)
+    elif g > block_size:  # groups span whole batches (g % block_size == 0): parameters before each group
+        group_of_position = (torch.arange(cols, device=W.device) // g).to(torch.int32)
+    else:  # groups start inside batches: the kernel computes their parameters
+        group_of_position = None
+    for i1 in range(0, cols, block_size):
+        i2 = min(i1 + block_size, cols)
+        if static_group_of is None and g > block_size and i1 % g == 0:
+            scales[:, i1 // g], zeros[:, i1 // g] = params(W[:, i1:i1 + g])  # no in-group updates yet
+        # A fresh [rows, i2 - i1] error buffer, shaped like the torch loop's, so the lazy update below is
+        # the very same matmul call (same shapes and strides, hence the same cuBLAS algorithm and rounding).
+        err1 = torch.empty(rows, i2 - i1, device=W.device)
+        kernels.quantize_block(W, hinv, i1, i2, codes, scales, zeros, group_of_position, bits=bits,
+                               symmetric=symmetric, group_size=g, scale_dtype=scale_dtype, err=err1)
+        W[:, i2:] -= err1 @ hinv[i1:i2, i2:]
 
 
 def output_relative_error(weight: Tensor, dequantized: Tensor, hessian: Tensor) -> float:

@@ -10,15 +10,12 @@ The compiled kernel is built ahead of time for sm_80/sm_90 (frontend, LLVM and p
 and, with CUDA, run on the device (`gpu` marker). Everything is skipped when triton is not installed,
 except the check that the CPU path never imports it.
 """
-import inspect
-import os
-import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from triton_testing import INTERPRETING, compile_for_cuda, interpreter_only, run_interpreted_suite
 
 from bitsmith.kernels.gptq import accumulate_hessian, gptq_quantize
 from bitsmith.kernels.qlinear import QuantizedLinear
@@ -26,10 +23,6 @@ from bitsmith.kernels.quantizers import SUPPORTED_BITS, quantize_rtn
 
 torch.set_num_threads(1)
 RTOL_FP32 = 1e-5  # ||out - ref|| / ||ref|| in fp32: only the summation order differs
-INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
-ROOT = Path(__file__).resolve().parents[2]
-interpreter_only = pytest.mark.skipif(not INTERPRETING, reason="runs under TRITON_INTERPRET=1 in the child "
-                                                               "pytest of test_interpreter_suite_in_a_subprocess")
 
 
 @pytest.fixture(scope="module")
@@ -43,16 +36,7 @@ def interpreted():
 
 
 def test_interpreter_suite_in_a_subprocess():
-    if INTERPRETING:
-        pytest.skip("already interpreting: the test_interpreted_* tests run in this process")
-    pytest.importorskip("triton")
-    child = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "interpreted",
-                            __file__], cwd=ROOT, env={**os.environ, "TRITON_INTERPRET": "1"},
-                           capture_output=True, text=True, timeout=600)
-    report = child.stdout[-6000:] + child.stderr[-2000:]
-    summary = child.stdout.strip().splitlines()[-1] if child.stdout.strip() else ""
-    assert child.returncode == 0, report
-    assert re.search(r"\d+ passed", summary) and "skipped" not in summary and "deselected" in summary, report
+    run_interpreted_suite(__file__)
 
 
 def make_layer(out_features: int, in_features: int, bits: int, group_size: int | None, symmetric: bool,
@@ -179,28 +163,15 @@ def test_cpu_forward_never_imports_triton_and_works_without_it():
 def test_kernel_compiles_for_cuda_without_a_gpu(arch, bits, symmetric, act_order, dtype):
     """Ahead-of-time compile to a cubin: catches what only the compiler (not the interpreter) rejects."""
     pytest.importorskip("triton")
-    from triton.backends import backends
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource, compile as triton_compile
-
     from bitsmith.kernels import triton_qlinear
 
-    kernel = triton_qlinear._qlinear_kernel
-    if "nvidia" not in backends or type(kernel).__name__ != "JITFunction":
-        pytest.skip("needs triton's NVIDIA backend and a compiled (not interpreted) kernel")
-    if "constexprs" not in inspect.signature(ASTSource).parameters:
-        pytest.skip("this triton's ASTSource predates constexprs by name")
     pointers = {"x_ptr": dtype, "scales_ptr": "fp16", "bias_ptr": "fp32", "out_ptr": dtype,
                 "qweight_ptr": "i32", "qzeros_ptr": "i32", "g_idx_ptr": "i32"}
     constexprs = dict(BITS=bits, SYMMETRIC=symmetric, HAS_G_IDX=act_order, HAS_BIAS=not act_order,
                       ONE_GROUP_PER_BLOCK=not act_order, WORDS_ONCE=32 % bits == 0,
                       CODES_PER_WORD=32 // bits, DOT_PRECISION="ieee" if dtype == "fp32" else None,
                       BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, GROUP_SIZE_M=8)
-    signature = {p.name: "constexpr" if p.is_constexpr else "*" + pointers[p.name] if p.name in pointers else "i32"
-                 for p in kernel.params}
-    compiled = triton_compile(ASTSource(kernel, signature, constexprs=constexprs),
-                              target=GPUTarget("cuda", arch, 32), options={"num_warps": 4, "num_stages": 3})
-    assert compiled.asm["cubin"]
+    compile_for_cuda(triton_qlinear._qlinear_kernel, pointers, constexprs, arch, num_warps=4, num_stages=3)
 
 
 @pytest.mark.gpu
