@@ -26,6 +26,7 @@ import triton.language as tl
 from torch import Tensor
 
 SCALE_KINDS = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+MAX_BLOCK_COLS = 512
 
 
 @triton.jit
@@ -119,6 +120,8 @@ def unsupported_reason(weight: Tensor, group_size: int, block_size: int, dynamic
         return f"scale dtype {scale_dtype} not in {tuple(SCALE_KINDS)}"
     if weight.numel() >= 2 ** 31:
         return "the weight has 2**31 elements or more"
+    if block_size > MAX_BLOCK_COLS:
+        return f"block_size {block_size} > {MAX_BLOCK_COLS} (a program holds its rows of a whole batch in registers)"
     if dynamic_groups:
         if group_size <= block_size:
             if block_size % group_size:
@@ -131,9 +134,10 @@ def unsupported_reason(weight: Tensor, group_size: int, block_size: int, dynamic
 
 
 def default_launch(rows: int, block_cols: int) -> dict[str, int]:
-    """Rows per program and warps: a tile of 16 rows x 128 columns in 4 warps compiles to 128 registers per
-    thread and no spills (ptxas, sm_90). A starting point: `benchmarks/gptq_bench.py --sweep` times others."""
-    return dict(block_rows=16 if block_cols <= 128 else 8, num_warps=4)
+    """Rows per program and warps: tiles of about 2048 elements (16 rows x 128 columns in 4 warps compiles
+    to 128 registers per thread and no spills; ptxas, sm_90). A starting point, not measured on a GPU yet:
+    `benchmarks/gptq_bench.py --sweep` times the others."""
+    return dict(block_rows=max(2, 2048 // max(block_cols, 128)), num_warps=4)
 
 
 def quantize_block(W: Tensor, hinv: Tensor, i1: int, i2: int, codes: Tensor, scales: Tensor, zeros: Tensor,

@@ -101,7 +101,8 @@ def test_unsupported_layers_are_named_and_auto_falls_back():
     for cols, kwargs, expected in [
             (192, dict(group_size=64, block_size=96), "block_size 96 is not a multiple of group_size 64"),
             (384, dict(group_size=192, block_size=128), "group_size 192 is not a multiple of block_size 128"),
-            (192, dict(group_size=32, block_size=64, mse_clip=True), "mse_clip")]:
+            (192, dict(group_size=32, block_size=64, mse_clip=True), "mse_clip"),
+            (1024, dict(group_size=128, block_size=1024), "block_size 1024 > 512")]:
         weight, hessian = make_problem(8, cols, seed=0)
         with pytest.raises(ValueError, match=expected):
             gptq_quantize(weight, hessian, backend="triton", **kwargs)
