@@ -135,6 +135,9 @@ def gptq_quantize(weight: Tensor, hessian: Tensor, bits: int = 4, group_size: in
                                        mse_clip=mse_clip, scale_dtype=scale_dtype),
                           method_used="rtn", damp_percent_used=None, warnings=warnings, column_loop="")
 
+    # Row-major for both loops: the factor may come back column-major, and the lazy updates' matmuls must
+    # see the same layout in both (cuBLAS picks its algorithm, so its rounding, by layout as well as shape).
+    hinv = hinv.contiguous()
     use_static = bool(static_params)
     static_group_of = perm // g  # static group of the column processed at each position
     codes = torch.zeros_like(W)
@@ -231,7 +234,6 @@ def _column_loop_fused(kernels: ModuleType, W: Tensor, hinv: Tensor, codes: Tens
                        bits: int, symmetric: bool, scale_dtype: torch.dtype) -> None:
     """The same loop with each lazy batch's column loop in one Triton kernel (`triton_gptq`)."""
     rows, cols = W.shape
-    hinv = hinv.contiguous()  # the Cholesky factor may come back column-major
     if static_group_of is not None:
         group_of_position = static_group_of.to(torch.int32)
     elif g > block_size:  # groups span whole batches (g % block_size == 0): parameters before each group
