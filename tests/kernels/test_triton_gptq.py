@@ -59,11 +59,11 @@ def assert_same_result(fused, reference):
 
 
 CASES = {  # name: (rows, cols, gptq_quantize keyword arguments)
-    "groups_inside_batch_3bit": (37, 256, dict(bits=3, group_size=32, block_size=128)),  # 37: a partial row tile
-    "group_is_batch_4bit_sym": (24, 256, dict(bits=4, group_size=128, block_size=128, symmetric=True)),
-    "groups_span_batches_mse_clip": (16, 256, dict(bits=2, group_size=128, block_size=64, mse_clip=True)),
+    "groups_inside_batch_3bit": (20, 128, dict(bits=3, group_size=32, block_size=64)),  # 20: a partial row tile
+    "group_is_batch_4bit_sym": (16, 128, dict(bits=4, group_size=64, block_size=64, symmetric=True)),
+    "groups_span_batches_mse_clip": (16, 128, dict(bits=2, group_size=64, block_size=32, mse_clip=True)),
     "act_order_g_idx_8bit": (16, 192, dict(bits=8, group_size=64, block_size=64, act_order=True)),
-    "act_order_static_groups_5bit": (16, 256, dict(bits=5, group_size=64, block_size=128, act_order=True,
+    "act_order_static_groups_5bit": (16, 128, dict(bits=5, group_size=32, block_size=64, act_order=True,
                                                    static_groups=True)),
     "per_channel_partial_last_batch_6bit": (16, 200, dict(bits=6, group_size=None, block_size=128)),
     "bf16_scales_dead_inputs": (16, 128, dict(bits=4, group_size=32, block_size=64, scale_dtype=torch.bfloat16)),
