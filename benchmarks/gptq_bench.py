@@ -175,12 +175,15 @@ def main() -> None:
                               args.block_size, args.repeats)
             row["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
             rows.append(row)
-            fused = (f"   fused {row['fused_s']:8.3f} s ({row['fused_speedup']:6.1f}x; {row['fused_vs_lazy_batch']:5.1f}x "
-                     f"lazy-batch; codes {'equal' if row['fused_equals_lazy_batch'] else 'DIFFER'})"
-                     if "fused_s" in row else "")
-            print(f"{row['device'][:24]:>24} {out_f:>6}x{in_f:<6} column-by-column {row['column_by_column_s']:8.3f} s   "
-                  f"lazy-batch {row['lazy_batch_s']:8.3f} s ({row['speedup']:5.2f}x){fused}   codes differing "
-                  f"from column-by-column {row['codes_differing_fraction']:.2e} (max |diff| {row['max_abs_code_diff']:.0f})")
+            fused = ""
+            if "fused_s" in row:
+                fused = (f"   fused {row['fused_s']:8.3f} s ({row['fused_speedup']:6.1f}x; "
+                         f"{row['fused_vs_lazy_batch']:5.1f}x lazy-batch; codes "
+                         f"{'equal' if row['fused_equals_lazy_batch'] else 'DIFFER'})")
+            print(f"{row['device'][:24]:>24} {out_f:>6}x{in_f:<6} column-by-column "
+                  f"{row['column_by_column_s']:8.3f} s   lazy-batch {row['lazy_batch_s']:8.3f} s "
+                  f"({row['speedup']:5.2f}x){fused}   codes differing from column-by-column "
+                  f"{row['codes_differing_fraction']:.2e} (max |diff| {row['max_abs_code_diff']:.0f})")
     result = {"benchmark": "gptq_layer_time", "torch": torch.__version__, "python": platform.python_version(),
               "cpu_threads": args.threads, "bits": args.bits, "group_size": args.group_size,
               "symmetric": args.symmetric, "block_size": args.block_size, "repeats": args.repeats,

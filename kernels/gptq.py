@@ -182,7 +182,7 @@ def _fused_kernels(backend: str, W: Tensor, g: int, block_size: int, dynamic_gro
             raise ValueError(f"backend 'triton' needs triton: {e}") from e
         logger.info("gptq: triton unavailable (%s); the column loop runs in torch", e)
         return None
-    reason = triton_gptq.unsupported_reason(W, g, block_size, dynamic_groups, mse_clip, scale_dtype)
+    reason = triton_gptq.unsupported_reason(W.numel(), g, block_size, dynamic_groups, mse_clip, scale_dtype)
     if reason is not None:
         if backend == "triton":
             raise ValueError(f"backend 'triton' cannot run this layer: {reason}")
@@ -192,9 +192,10 @@ def _fused_kernels(backend: str, W: Tensor, g: int, block_size: int, dynamic_gro
 
 
 def _column_loop_torch(W: Tensor, hinv: Tensor, codes: Tensor, scales: Tensor, zeros: Tensor,
-                       static_group_of: list[int] | None, params: GroupParams, g: int, block_size: int, bits: int) -> None:
+                       static_group_of: list[int] | None, params: GroupParams, g: int, block_size: int,
+                       bits: int) -> None:
     """Algorithm 1's loop in torch ops, column by column inside lazy batches of `block_size` columns."""
-    rows, cols = W.shape
+    cols = W.shape[1]
     scale = zero = torch.empty(0)
     for i1 in range(0, cols, block_size):  # Alg. 1 "for i = 0, B, 2B, ...": lazy batches of B columns
         i2 = min(i1 + block_size, cols)
@@ -230,8 +231,8 @@ def _column_loop_torch(W: Tensor, hinv: Tensor, codes: Tensor, scales: Tensor, z
 
 
 def _column_loop_fused(kernels: ModuleType, W: Tensor, hinv: Tensor, codes: Tensor, scales: Tensor,
-                       zeros: Tensor, static_group_of: Tensor | None, params: GroupParams, g: int, block_size: int, *,
-                       bits: int, symmetric: bool, scale_dtype: torch.dtype) -> None:
+                       zeros: Tensor, static_group_of: Tensor | None, params: GroupParams, g: int,
+                       block_size: int, *, bits: int, symmetric: bool, scale_dtype: torch.dtype) -> None:
     """The same loop with each lazy batch's column loop in one Triton kernel (`triton_gptq`)."""
     rows, cols = W.shape
     if static_group_of is not None:

@@ -111,14 +111,12 @@ def _gptq_block_kernel(
         tile = tile - err[:, None] * h[None, :]
 
 
-def unsupported_reason(weight: Tensor, group_size: int, block_size: int, dynamic_groups: bool,
+def unsupported_reason(numel: int, group_size: int, block_size: int, dynamic_groups: bool,
                        mse_clip: bool, scale_dtype: torch.dtype) -> str | None:
-    """Why the fused kernel cannot run this layer's column loop (None when it can)."""
-    if weight.dtype != torch.float32:
-        return f"working weight dtype {weight.dtype}; the kernel works in fp32"
+    """Why the fused kernel cannot run the column loop of a `numel`-element layer (None when it can)."""
     if scale_dtype not in SCALE_KINDS:
         return f"scale dtype {scale_dtype} not in {tuple(SCALE_KINDS)}"
-    if weight.numel() >= 2 ** 31:
+    if numel >= 2 ** 31:
         return "the weight has 2**31 elements or more"
     if block_size > MAX_BLOCK_COLS:
         return f"block_size {block_size} > {MAX_BLOCK_COLS} (a program holds its rows of a whole batch in registers)"
@@ -133,7 +131,7 @@ def unsupported_reason(weight: Tensor, group_size: int, block_size: int, dynamic
     return None
 
 
-def default_launch(rows: int, block_cols: int) -> dict[str, int]:
+def default_launch(block_cols: int) -> dict[str, int]:
     """Rows per program and warps: tiles of about 2048 elements (16 rows x 128 columns in 4 warps compiles
     to 128 registers per thread and no spills; ptxas, sm_90). A starting point, not measured on a GPU yet:
     `benchmarks/gptq_bench.py --sweep` times the others."""
@@ -143,9 +141,9 @@ def default_launch(rows: int, block_cols: int) -> dict[str, int]:
 def quantize_block(W: Tensor, hinv: Tensor, i1: int, i2: int, codes: Tensor, scales: Tensor, zeros: Tensor,
                    group_of_position: Tensor | None, *, bits: int, symmetric: bool, group_size: int,
                    scale_dtype: torch.dtype, err: Tensor, block_rows: int | None = None,
-                   num_warps: int | None = None) -> Tensor:
+                   num_warps: int | None = None) -> None:
     """Run GPTQ's column loop over columns [i1, i2) of W (fp32, [rows, cols]) and write the scaled errors
-    into `err` [rows, >= i2 - i1] for the caller's lazy batch update; returns err[:, :i2 - i1].
+    into `err` [rows, i2 - i1] for the caller's lazy batch update.
 
     `codes` [rows, cols] fp32 receives the codes; `scales`/`zeros` [rows, n_groups] fp32 hold the group
     parameters. With `group_of_position` None, groups start inside the batch and the kernel computes and
@@ -156,10 +154,10 @@ def quantize_block(W: Tensor, hinv: Tensor, i1: int, i2: int, codes: Tensor, sca
     rows = W.shape[0]
     count = i2 - i1
     block_cols = triton.next_power_of_2(count)
-    launch = default_launch(rows, block_cols)
+    launch = default_launch(block_cols)
     block_rows = block_rows or launch["block_rows"]
     num_warps = num_warps or launch["num_warps"]
-    if count <= 0 or err.shape[0] != rows or err.shape[1] < count:
+    if count <= 0 or err.shape != (rows, count):
         raise ValueError(f"quantize_block: columns [{i1}, {i2}) and err {tuple(err.shape)} for {rows} rows")
     for name, t in dict(W=W, hinv=hinv, codes=codes, scales=scales, zeros=zeros, err=err).items():
         if t.dtype != torch.float32 or t.stride(-1) != 1:
@@ -174,4 +172,3 @@ def quantize_block(W: Tensor, hinv: Tensor, i1: int, i2: int, codes: Tensor, sca
         BITS=bits, SYMMETRIC=symmetric, COMPUTE_PARAMS=compute, SCALE_KIND=SCALE_KINDS[scale_dtype],
         BLOCK_R=block_rows, BLOCK_C=block_cols, num_warps=num_warps, enable_fp_fusion=False,
     )
-    return err[:, :count]
