@@ -34,12 +34,14 @@ class InputArtifact:
 
 @dataclass(frozen=True)
 class OutputArtifact:
-    """A file or directory a worker produced; the platform content-addresses and registers it."""
+    """A file or directory a worker produced; the platform content-addresses and registers it.
+
+    It is named `RUN_NAME/ROLE` through its run once the run succeeded (workers do not name outputs).
+    """
 
     path: Path
     kind: str
     metadata: dict[str, Any] = field(default_factory=dict)
-    name: str | None = None
 
 
 @dataclass

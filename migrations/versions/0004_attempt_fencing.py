@@ -1,5 +1,8 @@
 """Attempt-scoped writes: metrics carry their attempt, queued runs have an owner lease.
 
+Existing metric rows get their run's current attempt (the rows of earlier attempts cannot be told apart
+any more; reads then show them as one curve, as before this revision).
+
 Revision ID: 0004
 Revises: 0003
 Create Date: 2026-12-02
@@ -8,8 +11,8 @@ from __future__ import annotations
 
 from typing import Sequence, Union
 
-import sqlalchemy as sa  # noqa: F401
-from alembic import op  # noqa: F401
+import sqlalchemy as sa
+from alembic import op
 
 revision: str = "0004"
 down_revision: Union[str, None] = "0003"
@@ -18,8 +21,13 @@ depends_on: Union[str, Sequence[str], None] = None
 
 
 def upgrade() -> None:
-    pass
+    with op.batch_alter_table("metrics") as batch:
+        batch.add_column(sa.Column("attempt", sa.Integer(), nullable=True))
+    op.execute("UPDATE metrics SET attempt = (SELECT runs.attempt FROM runs WHERE runs.id = metrics.run_id)")
+    with op.batch_alter_table("metrics") as batch:
+        batch.alter_column("attempt", existing_type=sa.Integer(), nullable=False)
 
 
 def downgrade() -> None:
-    pass
+    with op.batch_alter_table("metrics") as batch:
+        batch.drop_column("attempt")

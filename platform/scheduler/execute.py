@@ -88,8 +88,7 @@ def _run_attempt(db: Any, run: RunRecord, spec: Any, settings: Settings, attempt
         ctx = _build_context(db, run, spec, settings, lost)
         outputs = load_worker(run.kind).run(spec, ctx)
         ctx.flush_metrics()
-        produced = {role: _register_output(db, settings, run, role, out.path, out.kind, out.metadata, out.name,
-                                           move=True)
+        produced = {role: _register_output(db, settings, run, out.path, out.kind, out.metadata, move=True)
                     for role, out in outputs.artifacts.items()}
         finals = [(k, None, float(v)) for k, v in (outputs.metrics or {}).items()]
         store.complete_run(db, run.id, attempt=attempt, outputs=produced, metrics=finals)
@@ -195,25 +194,24 @@ def _build_context(db: Any, run: RunRecord, spec: Any, settings: Settings, lost:
         if lost.is_set():
             raise JobCancelled(f"run {run.id}: attempt {run.attempt} lost its lease")
         role = f"{CHECKPOINT_ROLE}{step:09d}"
-        digest = _register_output(db, settings, run, role, path, "checkpoint", {**meta, "step": step}, None, move=False)
-        store.add_run_outputs(db, run.id, {role: digest})
+        digest = _register_output(db, settings, run, path, "checkpoint", {**meta, "step": step}, move=False)
+        store.add_attempt_outputs(db, run.id, attempt=run.attempt, outputs={role: digest})
         print(f"[bitsmith] checkpoint at step {step}: {digest[:12]}", file=sys.stderr)
 
     def sink(batch: list[tuple[str, int | None, float]]) -> None:
-        store.log_metrics(db, run.id, batch)
+        store.log_attempt_metrics(db, run.id, attempt=run.attempt, batch=batch)
 
     def derived_lookup(key: str, kind: str) -> Path | None:
         found = store.find_artifacts(db, kind=kind, where=[f"meta.derived_key==\"{key}\""], limit=1)
         if not found:
             return None
-        store.add_run_inputs(db, run.id, {f"derived/{kind}": found[0].digest})
+        store.add_attempt_inputs(db, run.id, attempt=run.attempt, inputs={f"derived/{kind}": found[0].digest})
         print(f"[bitsmith] reusing derived {kind} {found[0].digest[:12]} (key {key[:12]})", file=sys.stderr)
         return materialize(settings.artifact_root, found[0].digest, cache_dir)
 
     def derived_store(key: str, kind: str, path: Path) -> Path:
-        digest = _register_output(db, settings, run, f"derived/{kind}", path, kind, {"derived_key": key}, None,
-                                  move=True)
-        store.add_run_outputs(db, run.id, {f"derived/{kind}": digest})
+        digest = _register_output(db, settings, run, path, kind, {"derived_key": key}, move=True)
+        store.add_attempt_outputs(db, run.id, attempt=run.attempt, outputs={f"derived/{kind}": digest})
         return materialize(settings.artifact_root, digest, cache_dir)
 
     pool_factory = None
@@ -237,11 +235,11 @@ def _inside_ray_task() -> bool:
     return ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE
 
 
-def _register_output(db: Any, settings: Settings, run: RunRecord, role: str, path: Path, kind: str,
-                     metadata: dict[str, Any], name: str | None, *, move: bool) -> str:
-    if name is None and run.name and not role.startswith(CHECKPOINT_ROLE):
-        name = f"{run.name}/{role}"
-    return register_path(db, settings, path, kind=kind, name=name, metadata=metadata,
+def _register_output(db: Any, settings: Settings, run: RunRecord, path: Path, kind: str, metadata: dict[str, Any],
+                     *, move: bool) -> str:
+    """Store an attempt's output and its (unnamed) artifact row; only the fenced run_outputs edge binds it to
+    the run, and `RUN_NAME/ROLE` names come from those edges once the run succeeded."""
+    return register_path(db, settings, path, kind=kind, name=None, metadata=metadata,
                          producer_run_id=run.id, move=move).digest
 
 

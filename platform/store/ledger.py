@@ -3,7 +3,9 @@
 A running attempt holds its run's lease (`lease_owner`, `heartbeat_at`, `lease_expires_at`) and renews it
 from a heartbeat thread. When a worker or its node dies, the heartbeats stop and the lease runs out; the
 run is then re-queued for another attempt while its `retries` last, else failed with the reason. Every
-change that ends or repeats an attempt is compare-and-set on (status, attempt): an attempt that lost its
+change that ends or repeats an attempt is compare-and-set on (status, attempt), and every write an attempt
+makes while it runs (metrics, checkpoints, derived artifacts, extra inputs) first checks, inside the write's
+own transaction and under the run row's lock, that the attempt still holds the run: an attempt that lost its
 lease can no longer record outputs, metrics or a status, so nothing is recorded twice.
 """
 from __future__ import annotations
@@ -18,10 +20,10 @@ from typing import Any
 from sqlalchemy import Connection, and_, insert, select, update
 
 from .engine import Database, write
-from .metrics import metric_rows
+from .metrics import insert_metrics
 from .records import FAILED, QUEUED, RUNNING, SUCCEEDED, RunRecord
 from .runs import IllegalTransition, run_from_row, transition, upsert_edges
-from .schema import metrics_t, run_events_t, run_outputs_t, runs_t, utcnow
+from .schema import run_events_t, run_inputs_t, run_outputs_t, runs_t, utcnow
 
 REQUEUED, FAILED_OUT = "requeued", "failed"
 
@@ -75,14 +77,61 @@ def renew_lease(db: Database, run_id: str, *, attempt: int, owner: str, lease_s:
     return write(db, body)
 
 
+def hold_attempt(conn: Connection, run_id: str, attempt: int) -> None:
+    """Inside a write transaction: lock run `run_id`'s row and check that `attempt` holds it, running.
+
+    Raises `IllegalTransition` when it does not (the attempt lost its lease); the caller's writes in the same
+    transaction are then rolled back. (SQLite: the write transaction already holds the database's write lock.)
+    """
+    row = conn.execute(select(runs_t.c.status, runs_t.c.attempt).where(runs_t.c.id == run_id)
+                       .with_for_update()).first()
+    if row is None or row.status != RUNNING or row.attempt != attempt:
+        now = "gone" if row is None else f"now {row.status}, attempt {row.attempt}"
+        raise IllegalTransition(f"run {run_id}: attempt {attempt} no longer holds it ({now}); expected it running "
+                                f"as attempt {attempt}")
+
+
+def log_attempt_metrics(db: Database, run_id: str, *, attempt: int,
+                        batch: Iterable[tuple[str, int | None, float]]) -> int:
+    """Insert `attempt`'s (key, step, value) rows, fenced on the attempt holding the run; the count."""
+    batch = list(batch)
+
+    def body(conn: Connection) -> int:
+        hold_attempt(conn, run_id, attempt)
+        return insert_metrics(conn, run_id, attempt, batch)
+
+    return write(db, body) if batch else 0
+
+
+def add_attempt_outputs(db: Database, run_id: str, *, attempt: int, outputs: Mapping[str, str]) -> None:
+    """Record role -> digest outputs of `attempt` (checkpoints, derived artifacts), fenced on the attempt."""
+    _add_attempt_edges(db, run_outputs_t, run_id, attempt, outputs)
+
+
+def add_attempt_inputs(db: Database, run_id: str, *, attempt: int, inputs: Mapping[str, str]) -> None:
+    """Record artifacts `attempt` consumed beyond its spec's inputs (a reused derived artifact), fenced."""
+    _add_attempt_edges(db, run_inputs_t, run_id, attempt, inputs)
+
+
+def _add_attempt_edges(db: Database, table: Any, run_id: str, attempt: int, edges: Mapping[str, str]) -> None:
+    def body(conn: Connection) -> None:
+        hold_attempt(conn, run_id, attempt)
+        upsert_edges(db, conn, table, run_id, edges)
+
+    if edges:
+        write(db, body)
+
+
 def complete_run(db: Database, run_id: str, *, attempt: int, outputs: Mapping[str, str],
                  metrics: Iterable[tuple[str, int | None, float]]) -> RunRecord:
     """Record `attempt`'s outputs and final metrics and mark the run succeeded, all in one transaction.
 
-    Raises `IllegalTransition` (and records nothing) when `attempt` no longer holds the run.
+    Raises `IllegalTransition` (and records nothing) when `attempt` no longer holds the run. Output names
+    are bound here only: `RUN_NAME/ROLE` means output ROLE of the newest succeeded run named RUN_NAME, read
+    from runs and run_outputs (the artifact rows an attempt registers carry no name).
     """
     now = utcnow()
-    rows = metric_rows(run_id, metrics)
+    metrics = list(metrics)
 
     def body(conn: Connection) -> RunRecord:
         result = conn.execute(update(runs_t).where(and_(runs_t.c.id == run_id, runs_t.c.status == RUNNING,
@@ -93,8 +142,7 @@ def complete_run(db: Database, run_id: str, *, attempt: int, outputs: Mapping[st
             raise IllegalTransition(f"run {run_id}: attempt {attempt} no longer holds it (now {current[0]}, "
                                     f"attempt {current[1]}); expected it running as attempt {attempt}")
         upsert_edges(db, conn, run_outputs_t, run_id, outputs)
-        if rows:
-            conn.execute(insert(metrics_t), rows)
+        insert_metrics(conn, run_id, attempt, metrics)
         conn.execute(insert(run_events_t), {"run_id": run_id, "at": now, "from_status": RUNNING,
                                             "to_status": SUCCEEDED, "attempt": attempt, "message": None})
         return run_from_row(conn.execute(select(runs_t).where(runs_t.c.id == run_id)).one())

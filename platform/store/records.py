@@ -84,6 +84,7 @@ class MetricRecord:
     key: str
     step: int | None
     value: float
+    attempt: int = 0                  # the attempt that logged it (0: a cache hit's copied finals)
 
 
 @dataclass(frozen=True)

@@ -143,6 +143,8 @@ class Metric(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     run_id: Mapped[str] = mapped_column(ID, ForeignKey("runs.id", ondelete="CASCADE"), nullable=False)
+    # The attempt that logged the row (0: a cache hit's copy of its original's finals); reads use the latest.
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False)
     key: Mapped[str] = mapped_column(String(255), nullable=False)
     step: Mapped[int | None] = mapped_column(BigInteger)
     # Nullable because SQLite stores NaN as NULL; the store reads NULL back as NaN.

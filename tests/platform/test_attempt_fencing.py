@@ -1,0 +1,144 @@
+"""Attempt fencing on real SQLite and PostgreSQL: a frozen attempt that resumes records nothing; cache hits are
+written whole; leases follow the database's clock; orphaned queued runs are adopted; identical submissions join."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from bitsmith.platform import store
+from bitsmith.platform.config import Settings
+from bitsmith.platform.scheduler.execute import execute_run
+from bitsmith.platform.scheduler.submit import record_submission
+from bitsmith.platform.specs import parse_spec
+from bitsmith.platform.store.records import QUEUED, SUCCEEDED
+from bitsmith.platform.store.schema import artifacts_t, metrics_t
+
+# A real executor process whose noop worker, right after it did its work, is frozen with SIGSTOP (heartbeat
+# thread and all, as by a GC pause or a partition), then resumed after another attempt won the run. The lock
+# only keeps the freeze from landing inside a heartbeat's transaction (which would hold the database lock).
+FROZEN_EXECUTOR = textwrap.dedent('''
+    import os, signal, sys, threading
+    from pathlib import Path
+    from bitsmith.platform import store
+    from bitsmith.platform.config import Settings
+    from bitsmith.platform.context import OutputArtifact, WorkerOutputs
+    from bitsmith.platform.errors import JobCancelled
+    from bitsmith.platform.scheduler.execute import execute_run
+    import bitsmith.workers.noop as noop
+
+    db_url, root, home, run_id = sys.argv[1:5]
+    beating, real_renew, real_run = threading.Lock(), store.renew_lease, noop.run
+
+    def renew_lease(*args, **kwargs):
+        with beating:
+            return real_renew(*args, **kwargs)
+
+    def frozen_run(spec, ctx):
+        real_run(spec, ctx)                          # its metrics wait in the context's buffer
+        ctx.log_metrics({"stale/loss": 1.0}, step=0)
+        with beating:
+            os.kill(os.getpid(), signal.SIGSTOP)
+        built = ctx.work_dir / "built"
+        built.mkdir()
+        (built / "levels").write_text("stale levels")
+        ckpt = ctx.work_dir / "ckpt"
+        ckpt.mkdir()
+        (ckpt / "state").write_text("stale state")
+        writes = {"checkpoint": lambda: ctx.checkpoint_sink(ckpt, 7, {}),
+                  "derived_store": lambda: ctx.derived_store("stale-key", "levels", built),
+                  "derived_lookup": lambda: ctx.derived_lookup("shared-key", "levels"),
+                  "metrics": ctx.flush_metrics}
+        for what, write in writes.items():
+            try:
+                write()
+                print("WROTE", what, flush=True)
+            except (store.IllegalTransition, JobCancelled):
+                print("FENCED", what, flush=True)
+        stale = ctx.output_path("stale.json")
+        stale.write_text("stale result")
+        return WorkerOutputs(artifacts={"result": OutputArtifact(stale, kind="result")}, metrics={"stale/final": 1.0})
+
+    store.renew_lease, noop.run = renew_lease, frozen_run
+    print("STATUS", execute_run(run_id, Settings(db_url=db_url, artifact_root=root, home=Path(home), lease_s=1.0)),
+          flush=True)
+''')
+
+
+def settings_for(db_url: str, tmp_path: Path, lease_s: float = 1.0) -> Settings:
+    return Settings(db_url=db_url, artifact_root=str(tmp_path / "artifacts"), home=tmp_path / "home", lease_s=lease_s)
+
+
+def wait_for(predicate, what: str, timeout_s: float = 60.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def process_state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_frozen_attempt_that_resumes_after_losing_its_lease_records_nothing(db_url, tmp_path: Path):
+    settings = settings_for(db_url, tmp_path)
+    db = store.open_database(db_url)
+    spec = parse_spec({"kind": "noop", "name": "frozen", "metrics": 3, "retries": 1, "payload": "real"})
+    run = record_submission(db, spec, code={}, executor="local").run
+    script = tmp_path / "frozen_executor.py"
+    script.write_text(FROZEN_EXECUTOR)
+    child = subprocess.Popen([sys.executable, str(script), db_url, settings.artifact_root, str(settings.home), run.id],
+                             stdout=subprocess.PIPE, stderr=(tmp_path / "executor.err").open("w"), text=True)
+    try:
+        wait_for(lambda: process_state(child.pid) in "TZ", "the attempt to freeze")
+        assert child.poll() is None, (tmp_path / "executor.err").read_text()
+        wait_for(lambda: store.expired_runs(db, [run.id]), "its lease to run out")
+        (recovery,) = store.recover_expired(db, [run.id])
+        assert recovery.action == "requeued"
+        assert execute_run(run.id, settings) == SUCCEEDED  # attempt 2 holds the run and completes it
+        real = {e.role: e.digest for e in store.run_outputs(db, run.id)}
+        store.register_artifact(db, digest="d" * 64, kind="levels", name=None, uri="file:///x/levels", size_bytes=1,
+                                metadata={"derived_key": "shared-key"})
+    finally:
+        os.kill(child.pid, signal.SIGCONT)
+    out, _ = child.communicate(timeout=60)
+    assert sorted(line for line in out.splitlines() if line.startswith(("FENCED", "WROTE"))) == [
+        "FENCED checkpoint", "FENCED derived_lookup", "FENCED derived_store", "FENCED metrics"], out
+    after = store.get_run(db, run.id)
+    assert after.status == SUCCEEDED and after.attempt == 2 and f"STATUS {SUCCEEDED}" in out
+    assert {e.role: e.digest for e in store.run_outputs(db, run.id)} == real and list(real) == ["result"]
+    assert [e.role for e in store.run_inputs(db, run.id)] == []
+    with db.transaction() as conn:
+        logged = conn.execute(select(metrics_t.c.attempt, metrics_t.c.key).where(metrics_t.c.run_id == run.id)).all()
+        names = conn.execute(select(artifacts_t.c.name).where(artifacts_t.c.producer_run_id == run.id)).scalars().all()
+    assert {attempt for attempt, _ in logged} == {2}
+    assert {key for _, key in logged} == {"noop/value", "noop/metrics_logged"}
+    assert names and set(names) == {None}  # `frozen/result` is bound through the run's outputs, not a row name
+    assert store.final_metrics(db, [run.id])[run.id] == {"noop/value": 2.0, "noop/metrics_logged": 3.0}
+
+
+def test_a_retried_run_shows_the_curve_of_its_latest_attempt_only(db):
+    run = store.create_run(db, kind="noop", name=None, spec={"kind": "noop"}, spec_hash="h" * 64, cache_key="k",
+                           seed=0, code_version={}, max_retries=1)
+    for attempt, values in ((1, [5.0, 4.0, 3.0]), (2, [9.0, 8.0])):
+        claimed = store.get_run(db, run.id)
+        if attempt == 2:
+            claimed = store.transition(db, run.id, QUEUED, expected_attempt=1)
+        store.transition(db, run.id, "running", expected_from={QUEUED}, expected_attempt=claimed.attempt,
+                         attempt=attempt, **store.lease_values("host:1", 30))
+        store.log_attempt_metrics(db, run.id, attempt=attempt, batch=[("loss", s, v) for s, v in enumerate(values)])
+    curve = store.get_metrics(db, run.id, "loss")
+    assert [(m.attempt, m.step, m.value) for m in curve] == [(2, 0, 9.0), (2, 1, 8.0)]
+    assert store.final_metrics(db, [run.id])[run.id] == {"loss": 8.0}  # not attempt 1's step 2
+    with pytest.raises(store.IllegalTransition, match="attempt 1 no longer holds it"):
+        store.log_attempt_metrics(db, run.id, attempt=1, batch=[("loss", 3, 0.0)])
