@@ -129,11 +129,12 @@ def run_optuna_sweep(sweep_id: str, settings: Settings, *, executor: str = "ray"
         while len(batch) < sweep.max_concurrency and (held or retry or len(numbers) < sweep.optuna.trials):
             trial, number, spec = held or ask()
             held = None
-            key = semantic_json(spec.with_resolved_inputs(resolve_inputs(db, spec)))
+            key = semantic_json(spec.with_resolved_inputs(resolve_inputs(db, spec, record.resolved_inputs)))
             if key in batch:
                 held = (trial, number, spec)
                 break
-            sub = record_submission(db, spec, code=code, executor=executor, no_cache=no_cache, sweep_id=record.id)
+            sub = record_submission(db, spec, code=code, executor=executor, no_cache=no_cache, sweep_id=record.id,
+                                    pinned=record.resolved_inputs)
             if sub.cache_hit:
                 tell(trial, sub.run.id)
             else:

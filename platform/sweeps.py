@@ -1,8 +1,10 @@
 """Sweeps: expand a sweep spec into child job specs, run them with a concurrency limit, rank the results.
 
 Children go through the same submission path as `bitsmith submit` (so repeats are cache hits) and carry
-the sweep's id. A sweep is resumable from the store alone: `resume_sweep` re-expands the stored spec
-and runs every combination that has no succeeded child yet. The adaptive `optuna` strategy picks its
+the sweep's id. `create_sweep` resolves every input ref the children use once and stores the digests with
+the sweep; children (also on resume) run on those digests, never on what a name points at later. A sweep
+is resumable from the store alone: `run_sweep` re-expands the stored spec and runs every combination that
+has no succeeded child yet. The adaptive `optuna` strategy picks its
 children while it runs; its loop lives in `sweep_optuna`.
 """
 from __future__ import annotations
@@ -154,6 +156,38 @@ def child_specs(sweep: SweepSpec) -> list[tuple[dict[str, Any], JobSpecBase]]:
     return children
 
 
+def sweep_input_refs(sweep: SweepSpec) -> set[str]:
+    """Every input ref a child of the sweep can use: those of the expanded children (optuna: its
+    representative) plus each string among the values of a parameter under `inputs.`."""
+    refs = {ref for _, spec in child_specs(sweep) for ref in spec.input_refs().values()}
+    for path, param in sweep.parameters.items():
+        if path.startswith("inputs."):
+            values = (param.choices or ()) if isinstance(param, RandomParam) else param
+            refs.update(_strings(values))
+    return refs
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [s for item in value for s in _strings(item)]
+    return []
+
+
+def create_sweep(db: Any, sweep: SweepSpec) -> store.SweepRecord:
+    """Record the sweep with its input refs resolved now (ref -> digest); a bad ref is a SpecError naming it."""
+    from .errors import UsageError
+
+    pinned: dict[str, str] = {}
+    for ref in sorted(sweep_input_refs(sweep)):
+        try:
+            pinned[ref] = store.resolve_artifact_ref(db, ref).digest
+        except UsageError as exc:
+            raise SpecError(f"sweep input {ref!r}: {exc.message}", hint="bitsmith artifacts list") from None
+    return store.create_sweep(db, name=sweep.name, spec=sweep.model_dump(mode="json"), resolved_inputs=pinned)
+
+
 def _override_value(value: Any) -> str:
     import json
 
@@ -195,14 +229,17 @@ def run_sweep(sweep_id: str, settings: Settings, *, executor: str = "ray", no_ca
                                                    key=lambda r: r.created_at)}
     code = code_version()
 
+    pinned = record.resolved_inputs  # None: a sweep recorded before pinning (its refs resolve now)
+
     def submit(spec: JobSpecBase) -> str | None:
-        sub = record_submission(db, spec, code=code, executor=executor, no_cache=no_cache, sweep_id=record.id)
+        sub = record_submission(db, spec, code=code, executor=executor, no_cache=no_cache, sweep_id=record.id,
+                                pinned=pinned)
         return None if sub.cache_hit else sub.run.id
 
     pending: list[str] = []
     elsewhere: dict[str, JobSpecBase] = {}
     for _, spec in child_specs(sweep):
-        child = newest.get(spec_hash(spec.with_resolved_inputs(resolve_inputs(db, spec))))
+        child = newest.get(spec_hash(spec.with_resolved_inputs(resolve_inputs(db, spec, pinned))))
         if child is not None and child.status == SUCCEEDED:
             continue
         if child is not None and child.status == QUEUED:

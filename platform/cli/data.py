@@ -17,7 +17,9 @@ def data() -> None:
 
 def _register(ctx: click.Context, build: Callable[[Path], Path], name: str, as_json: bool) -> Any:
     from ..register import register_path
+    from ..store.artifacts import check_artifact_name
 
+    check_artifact_name(name, "--name")
     settings = settings_from(ctx)
     settings.home.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=settings.home, prefix=".data-") as tmp:

@@ -52,7 +52,9 @@ def import_model(ctx: click.Context, path: Path, gguf_file: str | None, name: st
     from ..errors import ArtifactError
     from ..register import register_path
     from bitsmith.workers.models_import import convert_gguf, describe_hf_model
+    from ..store.artifacts import check_artifact_name
 
+    check_artifact_name(name, "--name")
     settings = settings_from(ctx)
     settings.home.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=settings.home, prefix=".model-") as tmp:

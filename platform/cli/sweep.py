@@ -28,9 +28,8 @@ def run_sweep_cmd(ctx: click.Context, sweep_file: Path, overrides: tuple[str, ..
     import contextlib
     import sys
 
-    from .. import store
     from ..specs import apply_overrides, read_spec_file
-    from ..sweeps import child_specs, load_sweep_spec, run_sweep
+    from ..sweeps import child_specs, create_sweep, load_sweep_spec, run_sweep
 
     data = apply_overrides(read_spec_file(sweep_file), overrides)
     spec = load_sweep_spec(data, source=str(sweep_file))
@@ -42,7 +41,7 @@ def run_sweep_cmd(ctx: click.Context, sweep_file: Path, overrides: tuple[str, ..
         require_optuna()
         plan = f"{spec.optuna.trials} children chosen by optuna ({sampler_name(spec)})"  # type: ignore[union-attr]
     db = open_db(ctx)
-    record = store.create_sweep(db, name=spec.name, spec=spec.model_dump(mode="json"))
+    record = create_sweep(db, spec)  # its input refs resolved now: children and resumes use these digests
     info(f"sweep {record.id}: {plan}, at most {spec.max_concurrency} at once "
          f"(resume with: bitsmith sweep resume {record.id[:10]})")
     if not as_json:

@@ -9,7 +9,7 @@ from ..errors import SpecError, UsageError
 from ..jobs import check_runnable
 from ..provenance import cache_key
 from ..specs import JobSpecBase, canonical_json, semantic_json, spec_hash
-from ..store.records import QUEUED, SUCCEEDED, RunRecord
+from ..store.records import QUEUED, RunRecord
 
 
 @dataclass(frozen=True)
@@ -42,14 +42,8 @@ def record_submission(db: Any, spec: JobSpecBase, *, code: dict[str, Any], execu
                   max_retries=spec.retries, inputs=digests, sweep_id=sweep_id)
     if not no_cache:
         original = store.find_cached_run(db, key)
-        if original is not None:
-            run = store.create_run(db, status=SUCCEEDED, cache_hit_of=original.id, **common)
-            outputs = {e.role: e.digest for e in store.run_outputs(db, original.id)}
-            store.add_run_outputs(db, run.id, outputs)
-            finals = store.final_metrics(db, [original.id]).get(original.id, {})
-            if finals:
-                store.log_metrics(db, run.id, [(k, None, v) for k, v in finals.items()])
-            return Submission(run=store.get_run(db, run.id), cache_hit=True)
+        if original is not None:  # one transaction: the run with the original's outputs and final metrics
+            return Submission(run=store.record_cache_hit(db, original.id, **common), cache_hit=True)
     return Submission(run=store.create_run(db, status=QUEUED, **common), cache_hit=False)
 
 

@@ -1,4 +1,10 @@
-"""Artifact rows (metadata only; bytes live under the artifact root): register, resolve refs, query."""
+"""Artifact rows (metadata only; bytes live under the artifact root): register, resolve refs, query.
+
+Names: a plain name (no `/`) means the artifact of its newest registration (`artifact_names`; registering
+the same bytes again under a name makes them its newest). `RUN_NAME/ROLE` means output ROLE of the newest
+succeeded run named RUN_NAME (cache hits included), read from runs + run_outputs, never from artifact names;
+so names with `/` are reserved for run outputs and refused for anything a user registers.
+"""
 from __future__ import annotations
 
 import json
@@ -6,19 +12,21 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Connection, ColumnElement, Row, and_, case, func, select
+from sqlalchemy import Connection, ColumnElement, Row, and_, case, func, insert, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ..errors import NotFoundError, UsageError
 from .engine import Database, write
 from .records import ArtifactRecord, RunArtifactEdge
+from .records import SUCCEEDED
 from .runs import resolve_run_id
-from .schema import artifacts_t, run_inputs_t, run_outputs_t, utcnow
+from .schema import artifact_names_t, artifacts_t, run_inputs_t, run_outputs_t, runs_t, utcnow
 
 _HEX = re.compile(r"^[0-9a-f]+$")
 MIN_PREFIX = 6
-REF_FORMS = ("sha256:HEX, a digest prefix (at least 6 hex digits), an artifact name, or run:RUN_ID/ROLE")
+REF_FORMS = ("sha256:HEX, a digest prefix (at least 6 hex digits), an artifact name, RUN_NAME/ROLE "
+             "or run:RUN_ID/ROLE")
 _WHERE = re.compile(r"^\s*(meta(?:\.[A-Za-z0-9_\-]+)+|size_bytes|kind|name)\s*(<=|>=|==|!=|<|>)\s*(.*?)\s*$")
 WHERE_FORM = "FIELD OP VALUE with FIELD meta.KEY[.SUBKEY], size_bytes, kind or name and OP one of <= >= < > == !="
 
@@ -30,13 +38,27 @@ def artifact_from_row(row: Row) -> ArtifactRecord:
                           producer_run_id=m["producer_run_id"], created_at=m["created_at"])
 
 
+def check_artifact_name(name: str | None, field: str = "name") -> str | None:
+    """`name` unless it contains `/` (reserved for RUN_NAME/ROLE) or is empty; the error names `field`."""
+    if name is not None and ("/" in name or not name.strip()):
+        raise UsageError(f"{field} {name!r}: artifact names may not be empty or contain '/' (RUN_NAME/ROLE names a "
+                         "run's output); expected a plain name such as 'corpus-v2'")
+    return name
+
+
 def register_artifact(db: Database, *, digest: str, kind: str, name: str | None, uri: str, size_bytes: int,
                       is_dir: bool = False, metadata: dict[str, Any] | None = None,
                       producer_run_id: str | None = None) -> ArtifactRecord:
-    """Insert the artifact row for `digest`, or return the existing one (idempotent, race-free)."""
+    """Insert the artifact row for `digest`, or return the existing one (idempotent, race-free).
+
+    A plain `name` is also recorded as the name's newest registration, even when the bytes were already
+    registered. A name with `/` is refused unless a run produced the artifact (it stays display-only then).
+    """
     digest = digest.removeprefix("sha256:").lower()
     if len(digest) != 64 or not _HEX.match(digest):
         raise UsageError(f"register_artifact: digest {digest!r}; expected 64 lowercase hex digits (sha256)")
+    if producer_run_id is None:
+        check_artifact_name(name)
     values = {"digest": digest, "kind": kind, "name": name, "uri": uri, "size_bytes": int(size_bytes),
               "is_dir": bool(is_dir), "metadata": metadata or {}, "producer_run_id": producer_run_id,
               "created_at": utcnow()}
@@ -45,7 +67,10 @@ def register_artifact(db: Database, *, digest: str, kind: str, name: str | None,
     statement = dialect_insert(artifacts_t).on_conflict_do_nothing(index_elements=["digest"])
 
     def body(conn: Connection) -> ArtifactRecord:
-        if conn.execute(statement, values).rowcount == 1:  # inserted: the row is what we wrote
+        inserted = conn.execute(statement, values).rowcount == 1
+        if name is not None and "/" not in name:
+            conn.execute(insert(artifact_names_t), {"name": name, "digest": digest, "registered_at": values["created_at"]})
+        if inserted:  # the row is what we wrote
             return ArtifactRecord(**values)
         return artifact_from_row(conn.execute(select(artifacts_t).where(artifacts_t.c.digest == digest)).one())
 
@@ -68,9 +93,28 @@ def _by_prefix(conn: Connection, ref: str, prefix: str) -> ArtifactRecord | None
 
 
 def _by_name(conn: Connection, name: str) -> ArtifactRecord | None:
-    row = conn.execute(select(artifacts_t).where(artifacts_t.c.name == name)
-                       .order_by(artifacts_t.c.created_at.desc(), artifacts_t.c.digest).limit(1)).first()
+    """The artifact of the newest registration of plain name `name`."""
+    row = conn.execute(select(artifacts_t).join(artifact_names_t, artifact_names_t.c.digest == artifacts_t.c.digest)
+                       .where(artifact_names_t.c.name == name).order_by(artifact_names_t.c.id.desc()).limit(1)).first()
     return artifact_from_row(row) if row is not None else None
+
+
+def _by_run_name(conn: Connection, ref: str, run_name: str, role: str) -> ArtifactRecord:
+    """Output `role` of the newest succeeded run named `run_name` (a cache hit has its own outputs)."""
+    run = conn.execute(select(runs_t.c.id).where(runs_t.c.name == run_name, runs_t.c.status == SUCCEEDED)
+                       .order_by(runs_t.c.created_at.desc(), runs_t.c.id.desc()).limit(1)).first()
+    if run is None:
+        raise NotFoundError(f"artifact ref {ref!r}: no succeeded run named {run_name!r}; expected RUN_NAME/ROLE "
+                            "with the name of a succeeded run", hint="bitsmith runs list --status succeeded")
+    rows = conn.execute(select(run_outputs_t.c.role, artifacts_t)
+                        .join(artifacts_t, artifacts_t.c.digest == run_outputs_t.c.digest)
+                        .where(run_outputs_t.c.run_id == run.id)).all()
+    for row in rows:
+        if row.role == role:
+            return artifact_from_row(row)
+    roles = ", ".join(sorted(r.role for r in rows)) or "none"
+    raise NotFoundError(f"artifact ref {ref!r}: run {run.id} (the newest succeeded run named {run_name!r}) has no "
+                        f"output {role!r}; expected one of its outputs ({roles})", hint=f"bitsmith runs show {run.id}")
 
 
 def get_artifact(db: Database, digest_or_prefix: str) -> ArtifactRecord:
@@ -87,7 +131,8 @@ def get_artifact(db: Database, digest_or_prefix: str) -> ArtifactRecord:
 
 
 def resolve_artifact_ref(db: Database, ref: str) -> ArtifactRecord:
-    """Resolve `sha256:HEX`, a digest prefix (>= 6 hex digits), a name (newest wins) or `run:RUN/ROLE`."""
+    """Resolve `sha256:HEX`, a digest prefix (>= 6 hex digits), a plain name (its newest registration),
+    `RUN_NAME/ROLE` (the newest succeeded run's output) or `run:RUN_ID/ROLE`."""
     text = ref.strip()
     with db.transaction() as conn:
         if text.startswith("run:"):
@@ -117,6 +162,12 @@ def resolve_artifact_ref(db: Database, ref: str) -> ArtifactRecord:
             found = _by_prefix(conn, ref, text.lower())
             if found is not None:
                 return found
+        run_name, sep, role = text.rpartition("/")
+        if sep:
+            if not run_name or not role:
+                raise UsageError(f"artifact ref {ref!r}: malformed run output reference; expected RUN_NAME/ROLE, "
+                                 "e.g. base-model/model", hint="bitsmith runs list")
+            return _by_run_name(conn, ref, run_name, role)
         found = _by_name(conn, text)
         if found is None:
             raise _not_found(ref)
@@ -130,7 +181,8 @@ def list_artifacts(db: Database, *, kind: str | None = None, name: str | None = 
     if kind is not None:
         query = query.where(artifacts_t.c.kind == kind)
     if name is not None:
-        query = query.where(artifacts_t.c.name == name)
+        named = select(artifact_names_t.c.digest).where(artifact_names_t.c.name == name)
+        query = query.where(or_(artifacts_t.c.name == name, artifacts_t.c.digest.in_(named)))
     if limit is not None:
         query = query.limit(limit)
     with db.transaction() as conn:

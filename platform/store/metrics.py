@@ -75,6 +75,12 @@ def get_metrics(db: Database, run_id: str, key: str | None = None) -> list[Metri
 def final_metrics(db: Database, run_ids: Sequence[str]) -> dict[str, dict[str, float]]:
     """Per run, per key (of the run's latest attempt): the value at the largest step (or the null-step value
     when a key has no steps); the last one logged wins ties. Runs without metrics map to {}."""
+    with db.transaction() as conn:
+        return select_final_metrics(conn, run_ids)
+
+
+def select_final_metrics(conn: Connection, run_ids: Sequence[str]) -> dict[str, dict[str, float]]:
+    """`final_metrics` inside `conn`'s transaction."""
     result: dict[str, dict[str, float]] = {run_id: {} for run_id in run_ids}
     if not run_ids:
         return result
@@ -83,7 +89,6 @@ def final_metrics(db: Database, run_ids: Sequence[str]) -> dict[str, dict[str, f
                                   order_by=(t.c.step.desc().nulls_last(), t.c.id.desc())).label("rank")
     ranked = select(t.c.run_id, t.c.key, t.c.value, rank).subquery()
     query = select(ranked.c.run_id, ranked.c.key, ranked.c.value).where(ranked.c.rank == 1)
-    with db.transaction() as conn:
-        for run_id, key, value in conn.execute(query):
-            result[run_id][key] = _value(value)
+    for run_id, key, value in conn.execute(query):
+        result[run_id][key] = _value(value)
     return result

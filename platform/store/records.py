@@ -105,3 +105,4 @@ class SweepRecord:
     status: str
     created_at: datetime
     run_ids: tuple[str, ...] = field(default_factory=tuple)
+    resolved_inputs: dict[str, str] | None = None  # input ref -> digest, pinned at creation

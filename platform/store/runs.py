@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ..errors import BitsmithError, NotFoundError, StoreError, UsageError
 from .engine import Database, read, write
+from .metrics import insert_metrics, select_final_metrics
 from .records import (CANCELLED, QUEUED, RUN_STATUSES, RUNNING, SUCCEEDED, TERMINAL_STATUSES, TRANSITIONS,
                       RunArtifactEdge, RunEventRecord, RunRecord, new_id)
 from .schema import artifacts_t, run_events_t, run_inputs_t, run_outputs_t, runs_t, sweeps_t, utcnow
@@ -58,6 +59,55 @@ def create_run(db: Database, *, kind: str, name: str | None, spec: dict[str, Any
                cache_hit_of: str | None = None, status: str = QUEUED, run_id: str | None = None,
                message: str | None = None) -> RunRecord:
     """Insert a run, its input edges (role -> digest) and its first run event in one transaction."""
+    values, edges, event = _new_run_rows(
+        kind=kind, name=name, spec=spec, spec_hash=spec_hash, cache_key=cache_key, seed=seed,
+        code_version=code_version, tags=tags, executor=executor, max_retries=max_retries, inputs=inputs,
+        sweep_id=sweep_id, cache_hit_of=cache_hit_of, status=status, run_id=run_id, message=message)
+    try:
+        write(db, lambda conn: _insert_run(conn, values, edges, event))
+    except IntegrityError as exc:
+        raise _integrity_error(db, f"run {values['id']}", exc, inputs or {}, sweep_id, cache_hit_of) from None
+    return run_from_row(values)
+
+
+def record_cache_hit(db: Database, original_id: str, *, kind: str, name: str | None, spec: dict[str, Any],
+                     spec_hash: str, cache_key: str, seed: int, code_version: dict[str, Any],
+                     tags: Iterable[str] = (), executor: str | None = None, max_retries: int = 0,
+                     inputs: Mapping[str, str] | None = None, sweep_id: str | None = None,
+                     run_id: str | None = None) -> RunRecord:
+    """Record a succeeded run that reuses succeeded run `original_id`: the run, its inputs, the original's
+    outputs and final metrics (as attempt 0), all in one transaction, so no half-written cache hit remains.
+
+    Raises `IllegalTransition` (and records nothing) when the original is no longer succeeded.
+    """
+    values, edges, event = _new_run_rows(
+        kind=kind, name=name, spec=spec, spec_hash=spec_hash, cache_key=cache_key, seed=seed,
+        code_version=code_version, tags=tags, executor=executor, max_retries=max_retries, inputs=inputs,
+        sweep_id=sweep_id, cache_hit_of=original_id, status=SUCCEEDED, run_id=run_id, message=None)
+
+    def body(conn: Connection) -> None:
+        status = conn.execute(select(runs_t.c.status).where(runs_t.c.id == original_id).with_for_update()).scalar()
+        if status != SUCCEEDED:
+            raise IllegalTransition(f"run {original_id}: {status or 'gone'}; expected a succeeded run to reuse")
+        _insert_run(conn, values, edges, event)
+        outputs = {role: digest for role, digest in conn.execute(
+            select(run_outputs_t.c.role, run_outputs_t.c.digest).where(run_outputs_t.c.run_id == original_id))}
+        upsert_edges(db, conn, run_outputs_t, values["id"], outputs)
+        finals = select_final_metrics(conn, [original_id])[original_id]
+        insert_metrics(conn, values["id"], 0, [(key, None, value) for key, value in finals.items()])
+
+    try:
+        write(db, body)
+    except IntegrityError as exc:
+        raise _integrity_error(db, f"run {values['id']}", exc, inputs or {}, sweep_id, original_id) from None
+    return run_from_row(values)
+
+
+def _new_run_rows(*, kind: str, name: str | None, spec: dict[str, Any], spec_hash: str, cache_key: str, seed: int,
+                  code_version: dict[str, Any], tags: Iterable[str], executor: str | None, max_retries: int,
+                  inputs: Mapping[str, str] | None, sweep_id: str | None, cache_hit_of: str | None, status: str,
+                  run_id: str | None, message: str | None) -> tuple[dict[str, Any], list[dict], dict[str, Any]]:
+    """The run row, its input edge rows and its first event row of a new run."""
     if status not in RUN_STATUSES:
         raise UsageError(f"create_run: status {status!r}; expected one of {', '.join(RUN_STATUSES)}")
     now = utcnow()
@@ -73,18 +123,14 @@ def create_run(db: Database, *, kind: str, name: str | None, spec: dict[str, Any
     edges = [{"run_id": values["id"], "role": role, "digest": digest} for role, digest in (inputs or {}).items()]
     event = _event(values["id"], None, status, 0, message or ("cache hit of " + cache_hit_of if cache_hit_of else None),
                    now)
+    return values, edges, event
 
-    def body(conn: Connection) -> None:
-        conn.execute(insert(runs_t), values)
-        if edges:
-            conn.execute(insert(run_inputs_t), edges)
-        conn.execute(insert(run_events_t), event)
 
-    try:
-        write(db, body)
-    except IntegrityError as exc:
-        raise _integrity_error(db, f"run {values['id']}", exc, inputs or {}, sweep_id, cache_hit_of) from None
-    return run_from_row(values)
+def _insert_run(conn: Connection, values: dict[str, Any], edges: list[dict], event: dict[str, Any]) -> None:
+    conn.execute(insert(runs_t), values)
+    if edges:
+        conn.execute(insert(run_inputs_t), edges)
+    conn.execute(insert(run_events_t), event)
 
 
 def _integrity_error(db: Database, where: str, exc: IntegrityError, digests: Mapping[str, str],

@@ -65,6 +65,9 @@ class Sweep(Base):
     spec: Mapped[dict] = mapped_column(JSON, nullable=False)
     status: Mapped[str] = mapped_column(String(16), nullable=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    # Input ref -> artifact digest for every ref the sweep's children use, resolved once at creation:
+    # a resume runs on these digests, never on what a name means later (NULL: a sweep from before 0005).
+    resolved_inputs: Mapped[dict | None] = mapped_column(JSON)
 
 
 class Run(Base):
@@ -115,6 +118,19 @@ class Artifact(Base):
     meta: Mapped[dict] = mapped_column("metadata", JSON, nullable=False)
     producer_run_id: Mapped[str | None] = mapped_column(ID, ForeignKey("runs.id", ondelete="SET NULL"), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, index=True)
+
+
+class ArtifactName(Base):
+    """One registration of an artifact under a plain name (no `/`): a name means its newest registration."""
+
+    __tablename__ = "artifact_names"
+    __table_args__ = (Index("ix_artifact_names_name_id", "name", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(255), nullable=False)
+    digest: Mapped[str] = mapped_column(DIGEST, ForeignKey("artifacts.digest", ondelete="CASCADE"), nullable=False,
+                                        index=True)
+    registered_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
 
 
 class RunInput(Base):
@@ -173,3 +189,4 @@ run_outputs_t = RunOutput.__table__
 metrics_t = Metric.__table__
 run_events_t = RunEvent.__table__
 sweeps_t = Sweep.__table__
+artifact_names_t = ArtifactName.__table__

@@ -19,12 +19,14 @@ def _sweep(conn: Connection, row: Row) -> SweepRecord:
     run_ids = tuple(r[0] for r in conn.execute(select(runs_t.c.id).where(runs_t.c.sweep_id == row.id)
                                                .order_by(runs_t.c.created_at, runs_t.c.id)))
     return SweepRecord(id=row.id, name=row.name, spec=row.spec, status=row.status, created_at=row.created_at,
-                       run_ids=run_ids)
+                       run_ids=run_ids, resolved_inputs=row.resolved_inputs)
 
 
 def create_sweep(db: Database, *, name: str | None, spec: dict[str, Any], status: str = QUEUED,
-                 sweep_id: str | None = None) -> SweepRecord:
-    values = {"id": sweep_id or new_id(), "name": name, "spec": spec, "status": status, "created_at": utcnow()}
+                 sweep_id: str | None = None, resolved_inputs: dict[str, str] | None = None) -> SweepRecord:
+    """Record a sweep; `resolved_inputs` (input ref -> digest) pins what its children's refs mean."""
+    values = {"id": sweep_id or new_id(), "name": name, "spec": spec, "status": status, "created_at": utcnow(),
+              "resolved_inputs": resolved_inputs}
     write(db, lambda conn: conn.execute(insert(sweeps_t), values))
     return SweepRecord(**values)
 

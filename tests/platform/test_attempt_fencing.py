@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from bitsmith.platform import store
 from bitsmith.platform.config import Settings
@@ -142,3 +142,28 @@ def test_a_retried_run_shows_the_curve_of_its_latest_attempt_only(db):
     assert store.final_metrics(db, [run.id])[run.id] == {"loss": 8.0}  # not attempt 1's step 2
     with pytest.raises(store.IllegalTransition, match="attempt 1 no longer holds it"):
         store.log_attempt_metrics(db, run.id, attempt=1, batch=[("loss", 3, 0.0)])
+
+
+def test_a_cache_hit_interrupted_while_it_is_recorded_leaves_no_half_written_run(db_url, tmp_path: Path):
+    settings = settings_for(db_url, tmp_path, lease_s=30.0)
+    db = store.open_database(db_url)
+    spec = parse_spec({"kind": "noop", "metrics": 2, "payload": "cached"})
+    original = record_submission(db, spec, code={}, executor="local").run
+    assert execute_run(original.id, settings) == SUCCEEDED
+
+    def drop_connection_on_metrics(conn, cursor, statement, *args):
+        if statement.lstrip().upper().startswith("INSERT INTO METRICS"):
+            raise ConnectionError("connection lost while recording the cache hit's metrics")
+
+    event.listen(db.engine, "before_cursor_execute", drop_connection_on_metrics)
+    try:
+        with pytest.raises(ConnectionError):
+            record_submission(db, spec, code={}, executor="local")
+    finally:
+        event.remove(db.engine, "before_cursor_execute", drop_connection_on_metrics)
+    assert [r.id for r in store.list_runs(db, cache_key=original.cache_key)] == [original.id]
+    hit = record_submission(db, spec, code={}, executor="local")
+    assert hit.cache_hit and hit.run.status == SUCCEEDED and hit.run.cache_hit_of == original.id
+    assert store.run_outputs(db, hit.run.id) == [e.__class__(hit.run.id, e.digest, e.role, e.direction)
+                                                 for e in store.run_outputs(db, original.id)]
+    assert store.final_metrics(db, [hit.run.id])[hit.run.id] == store.final_metrics(db, [original.id])[original.id]

@@ -8,7 +8,9 @@ Layout (a contract other job kinds rely on)::
     train.jsonl     one record per line: {"text": ...} or {"prompt": ..., "answer": ...}
     calibration.jsonl, test.jsonl
 
-`calibration` doubles as the validation split. Documents are assigned to splits by a hash of their
+A split's `file` must name a file inside the dataset directory, and its bytes must hash to the recorded
+`sha256`: `split_file` checks both each time a split is read (the metadata is the artifact's own, so it may
+not point anywhere the artifact's digest does not cover). `calibration` doubles as the validation split. Documents are assigned to splits by a hash of their
 content (`assign_split`), never by position, so adding documents never moves existing ones.
 """
 from __future__ import annotations
@@ -146,16 +148,9 @@ def write_dataset(dest_dir: str | Path, format: str, splits: dict[str, list[dict
 def dataset_info(dataset_dir: str | Path) -> dict[str, Any]:
     """The validated `artifact.json` of a dataset directory."""
     path = Path(dataset_dir) / ARTIFACT_META_FILE
-    if not path.is_file():
-        raise DataError(f"{dataset_dir}: no {ARTIFACT_META_FILE}; expected a dataset artifact directory "
-                        "(build one with the data importers or the built-in corpus)")
-    try:
-        meta = json.loads(read_text_file(path))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-    if not isinstance(meta, dict) or meta.get("kind") != "dataset":
-        kind = meta.get("kind") if isinstance(meta, dict) else None
-        raise DataError(f"{path}: kind is {kind!r}; expected 'dataset'")
+    meta = _read_meta(Path(dataset_dir))
+    if meta.get("kind") != "dataset":
+        raise DataError(f"{path}: kind is {meta.get('kind')!r}; expected 'dataset'")
     if meta.get("format") not in FORMATS:
         raise DataError(f"{path}: format is {meta.get('format')!r}; expected one of {', '.join(FORMATS)}")
     splits = meta.get("splits")
@@ -165,12 +160,55 @@ def dataset_info(dataset_dir: str | Path) -> dict[str, Any]:
     return meta
 
 
+def split_file(dataset_dir: str | Path, split: str, meta: dict[str, Any] | None = None) -> Path:
+    """The verified file of `split`: inside `dataset_dir` (no absolute path, `..` or link out of it) and
+    hashing to the `sha256` that `artifact.json` records for it; anything else raises DataError naming it."""
+    root = Path(dataset_dir)
+    meta = _read_meta(root) if meta is None else meta
+    entry = (meta.get("splits") or {}).get(split) if isinstance(meta.get("splits"), dict) else None
+    where = f"{root / ARTIFACT_META_FILE}: splits.{split}"
+    if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or not entry["file"]:
+        raise DataError(f"{where}: missing or not a mapping with a `file`; expected {{'file': NAME, 'sha256': HEX}}")
+    name = entry["file"]
+    path = root / name
+    if Path(name).is_absolute() or ".." in Path(name).parts or not _inside(path, root):
+        raise DataError(f"{where}.file {name!r}: outside the dataset artifact; expected a file name inside it")
+    if not path.is_file():
+        raise DataError(f"{where}.file {name!r}: no such file in the dataset artifact; expected a JSONL file")
+    recorded = entry.get("sha256")
+    if not isinstance(recorded, str):
+        raise DataError(f"{where}.sha256: missing; expected the sha256 of {name!r} recorded when it was built")
+    actual = sha256_file(path)
+    if actual != recorded.lower():
+        raise DataError(f"{where}.file {name!r}: bytes hash to {actual[:16]}..., but artifact.json records "
+                        f"{recorded[:16]}...; expected the file the dataset was built with")
+    return path
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path.resolve().is_relative_to(root.resolve())
+
+
+def _read_meta(root: Path) -> dict[str, Any]:
+    path = root / ARTIFACT_META_FILE
+    if not path.is_file():
+        raise DataError(f"{root}: no {ARTIFACT_META_FILE}; expected a dataset artifact directory "
+                        "(build one with the data importers or the built-in corpus)")
+    try:
+        meta = json.loads(read_text_file(path))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{path}: top level is {type(meta).__name__}; expected a JSON object")
+    return meta
+
+
 def read_split(dataset_dir: str | Path, split: str) -> list[dict[str, Any]]:
-    """Records of one split (`train`, `calibration` or `test`), validated against the format."""
+    """Records of one split (`train`, `calibration` or `test`) from its verified file, validated against the format."""
     if split not in SPLITS:
         raise DataError(f"read_split: unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     meta = dataset_info(dataset_dir)
-    return read_jsonl(Path(dataset_dir) / meta["splits"][split]["file"], meta["format"])
+    return read_jsonl(split_file(dataset_dir, split, meta), meta["format"])
 
 
 def read_texts(dataset_dir: str | Path, split: str) -> list[str]:

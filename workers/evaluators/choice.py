@@ -78,11 +78,9 @@ def choice_file_of(task: ChoiceTask, env: EvalEnv) -> Path:
     """The JSONL file a task reads: `file`, or the split's file of dataset input `data_index`."""
     if task.file is not None:
         return Path(task.file).expanduser().resolve()
-    directory = env.dataset(task.data_index).path
-    meta_file = directory / "artifact.json"
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-    split = (meta.get("splits") or {}).get(task.split) or {}
-    return directory / split.get("file", f"{task.split}.jsonl")
+    from bitsmith.workers.data.datasets import split_file
+
+    return split_file(env.dataset(task.data_index).path, task.split)
 
 
 def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:

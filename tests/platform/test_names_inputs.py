@@ -1,0 +1,203 @@
+"""Names and inputs (issue 13): what `RUN_NAME/ROLE` and plain names resolve to, sweeps pinning their inputs,
+dataset split files inside their artifact, input kinds per role, and eval task files as artifacts.
+
+Most tests drive the real `bitsmith` CLI in subprocesses against an isolated home (SQLite + local artifacts).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class CLI:
+    """The real CLI in a subprocess; `(*args)` returns (exit code, stdout, stderr)."""
+
+    def __init__(self, home: Path):
+        self.home = home
+        self.env = {**os.environ, "BITSMITH_HOME": str(home), "RAY_USAGE_STATS_ENABLED": "0",
+                    "BITSMITH_NO_PROGRESS": "1", "COLUMNS": "200"}
+        self.env.pop("BITSMITH_DB_URL", None)
+        self.env.pop("BITSMITH_ARTIFACT_ROOT", None)
+
+    def __call__(self, *args: str, check: bool = True) -> tuple[int, str, str]:
+        proc = subprocess.run([sys.executable, "-m", "bitsmith.platform.cli.main", *map(str, args)], cwd=ROOT,
+                              env=self.env, capture_output=True, text=True, timeout=300)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"bitsmith {' '.join(map(str, args))} exited {proc.returncode}\n"
+                                 f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+        return proc.returncode, proc.stdout, proc.stderr
+
+    def spec(self, name: str, data: dict) -> Path:
+        path = self.home / "specs" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data))
+        return path
+
+    def submit(self, data: dict, *extra: str, check: bool = True) -> dict:
+        code, out, err = self("submit", self.spec("s.json", data), "--executor", "local", "--wait", "--json",
+                              *extra, check=check)
+        return json.loads(out) if out.strip() else {"exit": code, "err": err}
+
+    def resolve(self, ref: str) -> str:
+        return json.loads(self("artifacts", "show", ref, "--json")[1])["artifact"]["digest"]
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> CLI:
+    return CLI(tmp_path / "home")
+
+
+def noop(name: str, payload: str, **kw) -> dict:
+    return {"kind": "noop", "name": name, "payload": payload, **kw}
+
+
+# -- item 1: RUN_NAME/ROLE and plain names -------------------------------------------------------------------
+def test_run_name_role_is_the_newest_succeeded_runs_output(cli: CLI) -> None:
+    a = cli.submit(noop("r", "A"))["outputs"]["result"]
+    b = cli.submit(noop("r", "B"))["outputs"]["result"]
+    assert cli.resolve("r/result") == b
+    again = cli.submit(noop("r", "A"))  # a cache hit of the first run (its own run_outputs row points at A)
+    assert again["outputs"]["result"] == a  # (or a rerun, if the code changed meanwhile: the same bytes A)
+    assert cli.resolve("r/result") == a  # was B: the artifact row of A kept its first registration time
+    consumer = cli.submit({"kind": "noop", "payload": "c", "inputs": {"data": "r/result"}})
+    assert consumer["status"] == "succeeded"
+    _, out, _ = cli("runs", "show", consumer["run_id"], "--json")
+    assert a in out and b not in out
+
+
+def test_cache_hit_under_a_new_name_resolves(cli: CLI) -> None:
+    a = cli.submit(noop("first", "A"))["outputs"]["result"]
+    hit = cli.submit(noop("second", "A"))
+    assert hit["cache_hit"]
+    assert cli.resolve("second/result") == a
+
+
+def test_failed_run_does_not_take_the_name(cli: CLI) -> None:
+    a = cli.submit(noop("r", "A"))["outputs"]["result"]
+    failed = cli.submit(noop("r", "F", fail=True), check=False)
+    assert failed["status"] == "failed"
+    assert cli.resolve("r/result") == a
+    code, _, err = cli("artifacts", "show", "nobody/result", check=False)
+    assert code == 2 and "no succeeded run named 'nobody'" in err
+
+
+def test_slash_names_are_reserved_for_run_outputs(cli: CLI, tmp_path: Path) -> None:
+    a = cli.submit(noop("r", "A"))["outputs"]["result"]
+    text = tmp_path / "t.txt"
+    text.write_text("some text\n" * 20)
+    code, _, err = cli("data", "import", text, "--kind", "text", "--name", "r/result", check=False)
+    assert code == 2 and "--name" in err and "'/'" in err and "Traceback" not in err
+    model = tmp_path / "m"
+    model.mkdir()
+    code, _, err = cli("models", "import", model, "--name", "r/model", check=False)
+    assert code == 2 and "--name" in err and "'/'" in err and "Traceback" not in err
+    assert cli.resolve("r/result") == a
+
+
+def test_plain_name_is_the_newest_registration(cli: CLI, tmp_path: Path) -> None:
+    x, y = tmp_path / "x.txt", tmp_path / "y.txt"
+    x.write_text("first corpus\n" * 30)
+    y.write_text("second corpus\n" * 30)
+    dx = cli("data", "import", x, "--kind", "text", "--name", "ds", "--json")[1]
+    dy = cli("data", "import", y, "--kind", "text", "--name", "ds", "--json")[1]
+    dx, dy = json.loads(dx)["digest"], json.loads(dy)["digest"]
+    assert cli.resolve("ds") == dy
+    cli("data", "import", x, "--kind", "text", "--name", "ds")  # the same bytes again, under the same name
+    assert cli.resolve("ds") == dx
+    cli("data", "import", x, "--kind", "text", "--name", "other")  # same bytes, a second name
+    assert cli.resolve("other") == dx
+
+
+def test_sweep_resume_uses_the_digests_resolved_at_creation(cli: CLI, tmp_path: Path) -> None:
+    x, y = tmp_path / "x.txt", tmp_path / "y.txt"
+    x.write_text("first corpus\n" * 30)
+    y.write_text("second corpus\n" * 30)
+    dx = json.loads(cli("data", "import", x, "--kind", "text", "--name", "ds", "--json")[1])["digest"]
+    sweep = cli.spec("sweep.json", {"kind": "sweep", "name": "sw", "base": {"kind": "noop", "inputs": {"data": "ds"}},
+                                    "parameters": {"fail": [False, True]}})
+    code, out, err = cli("sweep", "run", sweep, "--executor", "local", "--json", check=False)
+    sweep_id = err.split("sweep ", 1)[1].split(":", 1)[0]
+    dy = json.loads(cli("data", "import", y, "--kind", "text", "--name", "ds", "--json")[1])["digest"]
+    assert dy != dx and cli.resolve("ds") == dy
+    cli("sweep", "resume", sweep_id, "--executor", "local", "--json", check=False)
+    _, out, _ = cli("runs", "list", "--sweep", sweep_id, "--json")
+    runs = json.loads(out)
+    assert len(runs) == 3  # two children, then the failed one again: the succeeded one is not rerun
+    for run in runs:
+        _, shown, _ = cli("runs", "show", run["id"], "--json")
+        assert dx in shown and dy not in shown
+
+
+# -- item 2: every file a worker reads lies inside a verified artifact --------------------------------------
+def _dataset(tmp_path: Path) -> Path:
+    from bitsmith.workers.data.datasets import write_dataset
+
+    return write_dataset(tmp_path / "ds", "text", {"train": [{"text": "a"}], "calibration": [{"text": "b"}],
+                                                    "test": [{"text": "c"}, {"text": "d"}]}, source={"test": True})
+
+
+def _point_test_split(dataset: Path, file: str, sha256: str | None = None) -> None:
+    meta_file = dataset / "artifact.json"
+    meta = json.loads(meta_file.read_text())
+    meta["splits"]["test"]["file"] = file
+    if sha256 is not None:
+        meta["splits"]["test"]["sha256"] = sha256
+    meta_file.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("where", ["absolute", "dotdot", "link"])
+def test_split_files_outside_the_dataset_are_refused(tmp_path: Path, where: str) -> None:
+    from bitsmith.platform.digests import sha256_file
+    from bitsmith.platform.errors import DataError
+    from bitsmith.workers.data.datasets import read_split, read_texts
+
+    dataset = _dataset(tmp_path)
+    outside = tmp_path / "outside.jsonl"
+    outside.write_text('{"text": "secret"}\n')
+    file = {"absolute": str(outside), "dotdot": "../outside.jsonl", "link": "link.jsonl"}[where]
+    if where == "link":
+        (dataset / "link.jsonl").symlink_to(outside)
+    _point_test_split(dataset, file, sha256_file(outside))  # even with the outside file's own hash
+    with pytest.raises(DataError, match=r"splits\.test\.file .*outside the dataset artifact"):
+        read_split(dataset, "test")
+    with pytest.raises(DataError, match="outside the dataset artifact"):
+        read_texts(dataset, "test")
+    assert read_split(dataset, "train") == [{"text": "a"}]
+
+
+def test_split_bytes_must_match_the_recorded_hash(tmp_path: Path) -> None:
+    from bitsmith.platform.errors import DataError
+    from bitsmith.workers.data.datasets import read_split
+
+    dataset = _dataset(tmp_path)
+    assert [r["text"] for r in read_split(dataset, "test")] == ["c", "d"]
+    (dataset / "test.jsonl").write_text('{"text": "swapped"}\n')
+    with pytest.raises(DataError, match=r"test\.jsonl.*bytes hash to .* artifact\.json records"):
+        read_split(dataset, "test")
+    _point_test_split(dataset, "calibration.jsonl", "0" * 64)
+    with pytest.raises(DataError, match="bytes hash to"):
+        read_split(dataset, "test")
+
+
+def test_choice_split_files_are_verified_too(tmp_path: Path) -> None:
+    from bitsmith.platform.context import InputArtifact
+    from bitsmith.platform.errors import DataError
+    from bitsmith.platform.specs.eval import ChoiceTask
+    from bitsmith.workers.evaluators import EvalEnv
+    from bitsmith.workers.evaluators.choice import choice_file_of
+
+    dataset = _dataset(tmp_path)
+    outside = tmp_path / "mc.jsonl"
+    outside.write_text('{"question": "q", "choices": ["a", "b"], "label": 0}\n')
+    _point_test_split(dataset, str(outside))
+    env = EvalEnv(model=None, tokenizer=None, device=None, dtype=None, batch_size=1, seed=0, work_dir=tmp_path,
+                  datasets=[InputArtifact(digest="0" * 64, kind="dataset", path=dataset)])
+    with pytest.raises(DataError, match="outside the dataset artifact"):
+        choice_file_of(ChoiceTask(), env)
