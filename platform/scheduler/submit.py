@@ -1,6 +1,7 @@
 """Turn validated specs into run rows: resolve inputs, compute the cache key, record cache hits."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,23 +19,30 @@ class Submission:
     cache_hit: bool
 
 
-def resolve_inputs(db: Any, spec: JobSpecBase) -> dict[str, str]:
-    """Input role -> artifact digest; a reference that matches nothing is a spec error naming the field."""
+def resolve_inputs(db: Any, spec: JobSpecBase, pinned: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Input role -> artifact digest; a reference that matches nothing is a spec error naming the field.
+
+    With `pinned` (ref -> digest, a sweep's refs resolved at its creation) every ref must be in it and
+    means that digest, whatever its name points at now.
+    """
     digests: dict[str, str] = {}
     for role, ref in spec.input_refs().items():
+        field = "inputs." + role.replace(".", "[", 1) + ("]" if "." in role else "")
+        if pinned is not None and ref not in pinned:
+            raise SpecError(f"{field}: {ref!r} was not resolved when the sweep was created; expected one of the "
+                            "refs the sweep pinned then", hint="bitsmith sweep run SWEEP_FILE (a new sweep)")
         try:
-            digests[role] = store.resolve_artifact_ref(db, ref).digest
+            digests[role] = store.resolve_artifact_ref(db, ref if pinned is None else "sha256:" + pinned[ref]).digest
         except UsageError as exc:  # no match, or an ambiguous prefix
-            field = "inputs." + role.replace(".", "[", 1) + ("]" if "." in role else "")
             raise SpecError(f"{field}: {exc.message}", hint="bitsmith artifacts list") from None
     return digests
 
 
 def record_submission(db: Any, spec: JobSpecBase, *, code: dict[str, Any], executor: str, no_cache: bool = False,
-                      sweep_id: str | None = None) -> Submission:
+                      sweep_id: str | None = None, pinned: Mapping[str, str] | None = None) -> Submission:
     """Write the run row (queued), or a succeeded cache-hit row pointing at the original run."""
     check_runnable(spec.kind)
-    digests = resolve_inputs(db, spec)
+    digests = resolve_inputs(db, spec, pinned)
     resolved = spec.with_resolved_inputs(digests)
     key = cache_key(spec.kind, semantic_json(resolved), digests, code)
     common = dict(kind=spec.kind, name=spec.name, spec=_json(resolved), spec_hash=spec_hash(resolved),
