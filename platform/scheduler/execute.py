@@ -48,7 +48,7 @@ def execute_run(run_id: str, settings: Settings) -> str:
     """
     db = store.open_database(settings.db_url)
     run = store.get_run(db, run_id)
-    if run.status == RUNNING and _lease_is_dead(run):  # a dead attempt left it running: recover it first
+    if run.status == RUNNING and store.attempt_is_dead(db, run):  # a dead attempt left it running: recover it first
         store.retry_or_fail(db, run, f"attempt {run.attempt} ({run.lease_owner}) is gone")
         run = store.get_run(db, run_id)
     if run.status in TERMINAL_STATUSES:
@@ -126,11 +126,6 @@ def _lease_lost(db: Any, run_id: str, attempt: int) -> str:
     print(f"[bitsmith] run {run_id}: attempt {attempt} lost its lease (the run is now {current.status}, attempt "
           f"{current.attempt}); this attempt records nothing", file=sys.stderr)
     return current.status
-
-
-def _lease_is_dead(run: RunRecord) -> bool:
-    expired = run.lease_expires_at is not None and run.lease_expires_at < utcnow()
-    return expired or store.owner_is_gone(run.lease_owner)
 
 
 @contextlib.contextmanager

@@ -6,8 +6,9 @@ from .artifacts import (artifact_consumers, find_artifacts, get_artifact, list_a
                         resolve_artifact_ref)
 from .engine import (Database, current_revision, dispose_engines, downgrade_database, head_revision, open_database,
                      upgrade_database)
-from .ledger import (Recovery, add_attempt_inputs, add_attempt_outputs, complete_run, expired_runs, lease_owner,
-                     lease_values, log_attempt_metrics, owner_is_gone, recover_expired, renew_lease, retry_or_fail)
+from .ledger import (Recovery, add_attempt_inputs, add_attempt_outputs, attempt_is_dead, complete_run, expired_runs,
+                     lease_owner, lease_values, log_attempt_metrics, owner_is_gone, recover_expired, renew_lease,
+                     retry_or_fail)
 from .lineage import LineageGraph, lineage
 from .metrics import final_metrics, get_metrics, log_metrics
 from .records import (ArtifactRecord, MetricRecord, RunArtifactEdge, RunEventRecord, RunRecord, SweepRecord,
@@ -19,7 +20,7 @@ from .sweeps import create_sweep, get_sweep, set_sweep_status
 __all__ = [
     "ArtifactRecord", "Database", "IllegalTransition", "LineageGraph", "MetricRecord", "RunArtifactEdge",
     "Recovery", "RunEventRecord", "RunRecord", "SweepRecord",
-    "add_attempt_inputs", "add_attempt_outputs", "complete_run", "expired_runs", "lease_owner", "lease_values",
+    "add_attempt_inputs", "add_attempt_outputs", "attempt_is_dead", "complete_run", "expired_runs", "lease_owner", "lease_values",
     "log_attempt_metrics", "owner_is_gone", "recover_expired", "renew_lease", "retry_or_fail",
     "add_run_inputs", "add_run_outputs", "artifact_consumers", "create_run", "create_sweep", "current_revision", "dispose_engines",
     "downgrade_database", "final_metrics", "find_artifacts", "find_cached_run", "get_artifact", "get_metrics",

@@ -14,11 +14,11 @@ import os
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, and_, insert, select, update
 
+from .clock import db_clock
 from .engine import Database, write
 from .metrics import insert_metrics
 from .records import FAILED, QUEUED, RUNNING, SUCCEEDED, RunRecord
@@ -59,9 +59,14 @@ def owner_is_gone(owner: str | None) -> bool:
     return False
 
 
-def lease_values(owner: str, lease_s: float, now: datetime | None = None) -> dict[str, Any]:
-    now = now or utcnow()
-    return {"lease_owner": owner, "heartbeat_at": now, "lease_expires_at": now + timedelta(seconds=lease_s)}
+def lease_values(owner: str, lease_s: float) -> dict[str, Any]:
+    """Column values that give `owner` a lease of `lease_s` seconds, stamped on the database's clock."""
+    return {"lease_owner": owner, "heartbeat_at": db_clock(), "lease_expires_at": db_clock(lease_s)}
+
+
+def attempt_is_dead(db: Database, run: RunRecord) -> bool:
+    """True when running `run`'s lease ran out by the database's clock, or its owner's process is gone."""
+    return bool(expired_runs(db, [run.id])) or owner_is_gone(run.lease_owner)
 
 
 def renew_lease(db: Database, run_id: str, *, attempt: int, owner: str, lease_s: float) -> bool:
@@ -170,9 +175,10 @@ def retry_or_fail(db: Database, run: RunRecord, reason: str) -> Recovery | None:
         return None
 
 
-def expired_runs(db: Database, run_ids: Iterable[str] | None = None, now: datetime | None = None) -> list[RunRecord]:
-    """Running runs whose lease has run out (optionally only among `run_ids`)."""
-    query = select(runs_t).where(runs_t.c.status == RUNNING, runs_t.c.lease_expires_at < (now or utcnow()))
+def expired_runs(db: Database, run_ids: Iterable[str] | None = None, after_s: float = 0.0) -> list[RunRecord]:
+    """Running runs whose lease has run out by the database's clock (or will have, `after_s` seconds from now),
+    optionally only among `run_ids`."""
+    query = select(runs_t).where(runs_t.c.status == RUNNING, runs_t.c.lease_expires_at < db_clock(after_s))
     if run_ids is not None:
         ids = list(run_ids)
         if not ids:
@@ -182,11 +188,11 @@ def expired_runs(db: Database, run_ids: Iterable[str] | None = None, now: dateti
         return [run_from_row(r) for r in conn.execute(query.order_by(runs_t.c.created_at))]
 
 
-def recover_expired(db: Database, run_ids: Iterable[str] | None = None,
-                    now: datetime | None = None) -> list[Recovery]:
-    """Re-queue or fail every running run whose lease ran out (its worker or node is taken for dead)."""
+def recover_expired(db: Database, run_ids: Iterable[str] | None = None, after_s: float = 0.0) -> list[Recovery]:
+    """Re-queue or fail every running run whose lease ran out (its worker or node is taken for dead);
+    `after_s`: as if that many seconds had passed."""
     recovered = []
-    for run in expired_runs(db, run_ids, now):
+    for run in expired_runs(db, run_ids, after_s):
         last = run.heartbeat_at.isoformat(timespec="seconds") if run.heartbeat_at else "never"
         reason = (f"lease expired: no heartbeat from {run.lease_owner or 'its worker'} since {last} "
                   f"(attempt {run.attempt}; the worker or its node died)")

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,29 @@ def test_a_cache_hit_interrupted_while_it_is_recorded_leaves_no_half_written_run
     assert store.run_outputs(db, hit.run.id) == [e.__class__(hit.run.id, e.digest, e.role, e.direction)
                                                  for e in store.run_outputs(db, original.id)]
     assert store.final_metrics(db, [hit.run.id])[hit.run.id] == store.final_metrics(db, [original.id])[original.id]
+
+
+@pytest.mark.parametrize("skew_h", [3, -3])
+def test_leases_follow_the_database_clock_not_a_skewed_machine_clock(db, monkeypatch, skew_h: int):
+    """A node whose clock is hours off neither takes a live lease for expired nor stamps leases already expired."""
+    from bitsmith.platform.store import ledger, runs, schema
+
+    live = store.create_run(db, kind="noop", name=None, spec={"kind": "noop"}, spec_hash="h" * 64, cache_key="k",
+                            seed=0, code_version={}, max_retries=1)
+    store.transition(db, live.id, "running", expected_from={QUEUED}, expected_attempt=0, attempt=1,
+                     **store.lease_values("host-a:1", 30))
+    skewed = lambda: datetime.now(timezone.utc) + timedelta(hours=skew_h)  # noqa: E731
+    for module in (ledger, runs, schema):
+        monkeypatch.setattr(module, "utcnow", skewed, raising=False)
+    short = store.create_run(db, kind="noop", name=None, spec={"kind": "noop"}, spec_hash="h" * 64, cache_key="k2",
+                             seed=0, code_version={}, max_retries=1)
+    store.transition(db, short.id, "running", expected_from={QUEUED}, expected_attempt=0, attempt=1,
+                     **store.lease_values("host-b:2", 1))  # stamped by the skewed node
+    assert store.renew_lease(db, live.id, attempt=1, owner="host-a:1", lease_s=30)
+    assert store.expired_runs(db) == [] and store.recover_expired(db) == []  # seen from the skewed node
+    monkeypatch.undo()
+    assert store.expired_runs(db) == []  # seen from a node with a good clock
+    time.sleep(1.2)
+    assert [r.id for r in store.expired_runs(db)] == [short.id]  # its lease still runs out, 1 s later
+    assert [r.run.id for r in store.recover_expired(db)] == [short.id]
+    assert store.get_run(db, live.id).status == "running"

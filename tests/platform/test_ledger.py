@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -51,13 +50,12 @@ def test_only_the_holding_attempt_renews_its_lease(db):
 def test_expired_lease_requeues_while_retries_last_then_fails_with_the_reason(db):
     run = claim(db, make_run(db, retries=1), "host-a:1", lease_s=5)
     assert store.recover_expired(db) == []  # still inside its lease: nothing happens
-    later = utcnow() + timedelta(seconds=10)
-    (first,) = store.recover_expired(db, now=later)
+    (first,) = store.recover_expired(db, after_s=10)
     assert first.action == "requeued" and "lease expired" in first.reason and "host-a:1" in first.reason
     again = store.get_run(db, run.id)
     assert again.status == QUEUED and again.lease_expires_at is None and again.attempt == 1
     claim(db, again, "host-b:2", lease_s=5)
-    (second,) = store.recover_expired(db, now=later + timedelta(seconds=10))
+    (second,) = store.recover_expired(db, after_s=20)
     final = store.get_run(db, run.id)
     assert second.action == "failed" and final.status == FAILED and final.attempt == 2
     assert "retries used up (1)" in final.error and "lease expired" in final.error
@@ -68,7 +66,7 @@ def test_expired_lease_requeues_while_retries_last_then_fails_with_the_reason(db
 
 def test_a_lost_attempt_records_nothing_and_the_winner_records_all_at_once(db):
     run = claim(db, make_run(db, retries=1), "host-a:1", lease_s=1)
-    store.recover_expired(db, now=utcnow() + timedelta(seconds=5))
+    store.recover_expired(db, after_s=5)
     claim(db, store.get_run(db, run.id), "host-b:2")  # attempt 2 holds the run now
     stale, fresh = an_artifact(db, "stale"), an_artifact(db, "fresh")
     with pytest.raises(store.IllegalTransition, match="attempt 1 no longer holds it"):
@@ -109,7 +107,7 @@ def test_running_attempt_that_loses_its_lease_stops_and_records_nothing(db_url, 
         time.sleep(0.05)
     time.sleep(1.5)  # a few heartbeats: the lease stays ahead of the clock while the worker lives
     assert store.expired_runs(db) == []
-    store.recover_expired(db, now=utcnow() + timedelta(seconds=30))  # as if its node had stopped answering
+    store.recover_expired(db, after_s=30)  # as if its node had stopped answering
     thread.join(timeout=30)
     assert result == [QUEUED]  # it stopped at its next progress update, long before its 6 s of work
     after = store.get_run(db, run.id)
