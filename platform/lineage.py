@@ -6,6 +6,7 @@ from typing import Any
 from .store.records import ArtifactRecord, RunRecord
 
 CHECKPOINT_PREFIX = "checkpoint/"
+DOT_QUOTE, MERMAID_QUOTE = '\\"', "#quot;"  # how a double quote inside a label is written
 
 
 def _edge_index(graph: Any) -> dict[tuple[str, str], list[Any]]:
@@ -58,15 +59,19 @@ def label(graph: Any, kind: str, ident: str) -> str:
 
 
 def render_tree(graph: Any, root: tuple[str, str], down: bool) -> Any:
+    """A rich tree; names and roles are printed literally (escaped markup, visible control characters)."""
     from rich.tree import Tree
 
-    tree = Tree(f"[bold]{label(graph, *root)}[/]")
+    from .cli.common import literal
+
+    tree = Tree(f"[bold]{literal(label(graph, *root))}[/]")
     seen = {root}
     index = _edge_index(graph)
 
     def grow(node: tuple[str, str], branch: Any) -> None:
         for kind, ident, role in children(graph, node, down, index):
-            text = f"[dim]{role}:[/] {label(graph, kind, ident)}" if kind == "artifact" else label(graph, kind, ident)
+            text = literal(label(graph, kind, ident))
+            text = f"[dim]{literal(role)}:[/] {text}" if kind == "artifact" else text
             sub = branch.add(text if (kind, ident) not in seen else text + " [dim](see above)[/]")
             if (kind, ident) not in seen:
                 seen.add((kind, ident))
@@ -101,14 +106,21 @@ def _graph_edges(graph: Any) -> list[tuple[str, str, str]]:
     return sorted(set(out))
 
 
+def _quoted(text: str, quote: str) -> str:
+    """A label for dot or mermaid: control characters visible, double quotes written as `quote`."""
+    from .cli.common import printable
+
+    return printable(text).replace('"', quote)
+
+
 def to_dot(graph: Any) -> str:
     lines = ["digraph lineage {", "  rankdir=LR;"]
     for k, r in graph.runs.items():
-        lines.append(f'  {_node_id("run", k)} [shape=box, label="{run_label(r)}"];')
+        lines.append(f'  {_node_id("run", k)} [shape=box, label="{_quoted(run_label(r), DOT_QUOTE)}"];')
     for k, a in graph.artifacts.items():
-        lines.append(f'  {_node_id("artifact", k)} [shape=ellipse, label="{artifact_label(a)}"];')
+        lines.append(f'  {_node_id("artifact", k)} [shape=ellipse, label="{_quoted(artifact_label(a), DOT_QUOTE)}"];')
     for src, dst, role in _graph_edges(graph):
-        lines.append(f'  {src} -> {dst} [label="{role}"];')
+        lines.append(f'  {src} -> {dst} [label="{_quoted(role, DOT_QUOTE)}"];')
     lines.append("}")
     return "\n".join(lines)
 
@@ -116,9 +128,9 @@ def to_dot(graph: Any) -> str:
 def to_mermaid(graph: Any) -> str:
     lines = ["flowchart LR"]
     for k, r in graph.runs.items():
-        lines.append(f'  {_node_id("run", k)}["{run_label(r)}"]')
+        lines.append(f'  {_node_id("run", k)}["{_quoted(run_label(r), MERMAID_QUOTE)}"]')
     for k, a in graph.artifacts.items():
-        lines.append(f'  {_node_id("artifact", k)}(["{artifact_label(a)}"])')
+        lines.append(f'  {_node_id("artifact", k)}(["{_quoted(artifact_label(a), MERMAID_QUOTE)}"])')
     for src, dst, role in _graph_edges(graph):
-        lines.append(f"  {src} -->|{role}| {dst}")
+        lines.append(f"  {src} -->|{_quoted(role, MERMAID_QUOTE)}| {dst}")
     return "\n".join(lines)

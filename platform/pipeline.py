@@ -17,6 +17,7 @@ from . import store
 from .config import Settings
 from .errors import SpecError
 from .specs import JobSpecBase, load_spec
+from .specs.strict import StrictInputError, loads_yaml
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,8 @@ class StageResult:
 def load_pipeline(path: Path) -> list[Stage]:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+        data = loads_yaml(path.read_text(), str(path))
+    except (OSError, StrictInputError) as exc:
         raise SpecError(f"{path}: cannot read pipeline ({exc}); expected YAML with `stages`") from None
     if not isinstance(data, dict) or not isinstance(data.get("stages"), list):
         raise SpecError(f"{path}: expected a mapping with a `stages` list")

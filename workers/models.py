@@ -8,8 +8,12 @@ from typing import Any
 import torch
 
 from bitsmith.platform.errors import DataError
+from bitsmith.workers.models_import import refuse_code_and_pickles
 
 log = logging.getLogger(__name__)
+
+# How every model is loaded from an artifact: never run its code, never unpickle its weights.
+SAFE_LOADING: dict[str, Any] = {"trust_remote_code": False, "use_safetensors": True}
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -44,6 +48,7 @@ def load_model_and_tokenizer(path: str | Path, device: str | torch.device = "cpu
     path = Path(path)
     if not path.is_dir():
         raise DataError(f"{path}: model artifact is not a directory; expected a Hugging Face model directory")
+    refuse_code_and_pickles(path)
     device = torch.device(device) if isinstance(device, str) else device
     quant_format = _quantized_loader()
     if quant_format is not None and quant_format.is_bitsmith_quantized(path):
@@ -52,10 +57,10 @@ def load_model_and_tokenizer(path: str | Path, device: str | torch.device = "cpu
         if not (path / "config.json").is_file():
             raise DataError(f"{path}: no config.json; expected a Hugging Face model directory "
                             "(or a bitsmith-quantized one)")
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True, **SAFE_LOADING)
         model.to(device)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot load the tokenizer ({exc}); "
                         "expected tokenizer files beside the model") from None

@@ -6,26 +6,56 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from bitsmith.platform.errors import ArtifactError
+from bitsmith.platform.errors import ArtifactError, DataError
+from bitsmith.platform.specs.strict import StrictInputError, load_json_file
+
+
+# Files that carry code or pickles: transformers would run or unpickle them; bitsmith never does.
+CODE_AND_PICKLE_SUFFIXES = (".py", ".pyc", ".so", ".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".h5")
+# Configs whose `auto_map` points transformers at Python files inside the model directory.
+AUTO_MAP_CONFIGS = ("config.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json")
+
+
+def read_json_file(path: Path) -> dict[str, Any]:
+    """A JSON object from `path` (strict: no NaN, no duplicate keys); a `DataError` naming the file otherwise."""
+    try:
+        return load_json_file(path)
+    except StrictInputError as exc:
+        raise DataError(str(exc)) from None
+
+
+def refuse_code_and_pickles(path: Path) -> None:
+    """Refuse a model directory that ships Python code, pickles or an `auto_map` naming custom code."""
+    path = Path(path)
+    for file in sorted(path.rglob("*")):
+        if file.suffix.lower() in CODE_AND_PICKLE_SUFFIXES:
+            raise DataError(f"{file}: a {file.suffix} file in a model directory; expected safetensors weights, "
+                            "JSON and tokenizer files only (bitsmith never runs code or unpickles from artifacts)",
+                            hint="convert once with transformers: model.save_pretrained(dir, safe_serialization=True)"
+                                 ", then copy the directory without the offending files")
+    for name in AUTO_MAP_CONFIGS:
+        config = path / name
+        if config.is_file() and "auto_map" in read_json_file(config):
+            raise DataError(f"{config}: auto_map names custom Python code; expected a model class that "
+                            "transformers ships (bitsmith never runs code from artifacts)")
 
 
 def describe_hf_model(path: Path) -> dict[str, Any]:
-    """Metadata of an HF model directory; refuses directories whose weights are not safetensors."""
+    """Metadata of an HF model directory; refuses directories whose weights are not safetensors, and any
+    directory shipping code or pickles (`refuse_code_and_pickles`)."""
     path = Path(path)
     config_file = path / "config.json"
     if not config_file.is_file():
-        raise ArtifactError(f"{path}: no config.json; expected a Hugging Face model directory")
-    try:
-        config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{config_file}: not valid JSON ({exc})") from None
+        raise DataError(f"{path}: no config.json; expected a Hugging Face model directory")
+    config = read_json_file(config_file)
     weights = sorted(p.name for p in path.glob("*.safetensors"))
     if not weights:
         pickled = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
-        raise ArtifactError(
+        raise DataError(
             f"{path}: no *.safetensors weights{' (found pickle files: ' + ', '.join(pickled) + ')' if pickled else ''}; "
             "expected safetensors (bitsmith never loads pickles from artifacts)",
             hint="convert once with transformers: model.save_pretrained(dir, safe_serialization=True)")
+    refuse_code_and_pickles(path)
     return {
         "architecture": (config.get("architectures") or [config.get("model_type")])[0],
         "model_type": config.get("model_type"),
@@ -53,8 +83,10 @@ def convert_gguf(gguf_file: Path, dest: Path) -> Path:
 
     tmp = dest.parent / (dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32,
+                                                 trust_remote_code=False, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, trust_remote_code=False,
+                                              local_files_only=True)
     # transformers dequantizes GGUF weights on load but keeps a GGUF "quantizer" that refuses to save;
     # the tensors are plain fp32 now, so drop it and save a standard checkpoint.
     model.hf_quantizer = None

@@ -134,7 +134,7 @@ def load_quantized_model(path: str | Path, device: str | torch.device = "cpu",
 
     path = Path(path)
     qc = quantization_config(path)
-    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")
     with _skip_random_init():  # every parameter is overwritten from the file below

@@ -28,6 +28,8 @@ from bitsmith.workers.data.batches import IGNORE, TokenBlocks, batch_indices, pa
 from bitsmith.workers.data.datasets import dataset_info, read_split, read_texts
 from bitsmith.workers.checkpoints import read_checkpoint, write_checkpoint
 from bitsmith.workers.data.tokenizer import encode_plain, save_tokenizer, train_tokenizer
+from bitsmith.workers.models import SAFE_LOADING
+from bitsmith.workers.models_import import refuse_code_and_pickles
 
 log = logging.getLogger(__name__)
 
@@ -134,11 +136,12 @@ def load_model_and_data(spec: TrainSpec, ctx: RunContext, resume: Path | None):
         require_format(corpus, "text", "inputs.corpus")
         texts = read_texts(corpus, "train")
         if resume is not None:
-            tokenizer = AutoTokenizer.from_pretrained(resume / "model")
+            tokenizer = AutoTokenizer.from_pretrained(resume / "model", local_files_only=True, trust_remote_code=False)
         else:
             tokenizer = train_tokenizer(texts, spec.mode.tokenizer.vocab_size,
                                         model_max_length=spec.mode.arch.max_seq_len)
-        model = (AutoModelForCausalLM.from_pretrained(resume / "model", dtype=torch.float32) if resume
+        model = (AutoModelForCausalLM.from_pretrained(resume / "model", dtype=torch.float32, local_files_only=True,
+                                                      **SAFE_LOADING) if resume
                  else build_llama(spec.mode.arch, tokenizer))
         pack = lambda split_texts: pack_documents(encode_plain(tokenizer, split_texts), spec.seq_len,  # noqa: E731
                                                   tokenizer.bos_token_id, tokenizer.eos_token_id)
@@ -148,8 +151,10 @@ def load_model_and_data(spec: TrainSpec, ctx: RunContext, resume: Path | None):
         data, base_input = ctx.input("data").path, ctx.input("model")
         require_format(data, "prompts", "inputs.data")
         source = resume / "model" if resume is not None else base_input.path
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+        refuse_code_and_pickles(source)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, local_files_only=True,
+                                                     **SAFE_LOADING)
         make = lambda split: sft_examples(read_split(data, split), tokenizer, spec.seq_len,  # noqa: E731
                                           loss_on_prompt=spec.mode.loss_on_prompt)
         train_set, eval_set = make("train"), make("calibration")

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import click
 
-from .common import emit_json, fmt_bytes, fmt_time, info, json_option, open_db, settings_from, short, stdout_console
+from .common import (emit_json, fmt_bytes, fmt_time, info, json_option, literal, open_db, settings_from, short,
+                     stdout_console)
 
 
 @click.group()
@@ -22,8 +23,8 @@ def _table(records: list) -> None:
     for a in records:
         meta = ", ".join(f"{k}={v}" for k, v in list(a.metadata.items())[:4]
                          if isinstance(v, (int, float, str)) and len(str(v)) < 30)
-        t.add_row(short(a.digest, 12), a.kind, a.name or "", fmt_bytes(a.size_bytes),
-                  short(a.producer_run_id, 10) or "import", fmt_time(a.created_at), meta)
+        t.add_row(short(a.digest, 12), literal(a.kind), literal(a.name or ""), fmt_bytes(a.size_bytes),
+                  short(a.producer_run_id, 10) or "import", fmt_time(a.created_at), literal(meta))
     stdout_console().print(t)
 
 
@@ -89,8 +90,9 @@ def show_artifact(ctx: click.Context, ref: str, verify: bool, as_json: bool) -> 
                  ("directory", str(a.is_dir)), ("uri", a.uri), ("producer", a.producer_run_id or "import"),
                  ("created", fmt_time(a.created_at)),
                  ("consumers", ", ".join(f"{short(e.run_id, 10)}({e.role})" for e in consumers) or "-")):
-        con.print(f"  [dim]{k:>10}[/] {v}")
-    con.print("  [dim]  metadata[/] " + json.dumps(a.metadata, indent=2, sort_keys=True).replace("\n", "\n  "))
+        con.print(f"  [dim]{k:>10}[/] {literal(v)}")
+    meta = json.dumps(a.metadata, indent=2, sort_keys=True).replace("\n", "\n  ")
+    con.print("  [dim]  metadata[/] " + literal(meta, keep_newlines=True))
 
 
 @artifacts.command("get")

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import sys
+import unicodedata
 from datetime import datetime
 from typing import Any, Callable
 
@@ -44,9 +47,28 @@ def emit_json(obj: Any) -> None:
 
 
 def stdout_console() -> Any:
+    """Rich output at the terminal's width (or $COLUMNS); 120 columns when piped without $COLUMNS."""
     from rich.console import Console
 
-    return Console(soft_wrap=False, width=max(100, Console().width))
+    known = sys.stdout.isatty() or "COLUMNS" in os.environ
+    return Console(soft_wrap=False, width=Console().width if known else 120)
+
+
+def printable(text: object, *, keep_newlines: bool = False) -> str:
+    """`text` with control and format characters (ESC, BEL, bidi overrides, ...) written as visible escapes."""
+    def visible(ch: str) -> str:
+        if (keep_newlines and ch == "\n") or unicodedata.category(ch) not in ("Cc", "Cf"):
+            return ch
+        return f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
+
+    return "".join(visible(ch) for ch in str(text))
+
+
+def literal(text: object, *, keep_newlines: bool = False) -> str:
+    """A user string (name, tag, metadata, error text) for rich output: printed as is, never as markup."""
+    from rich.markup import escape
+
+    return escape(printable(text, keep_newlines=keep_newlines))
 
 
 def stderr_console() -> Any:

@@ -69,9 +69,11 @@ def main(argv: list[str] | None = None) -> Any:
         rv = cli.main(args=argv, prog_name="bitsmith", standalone_mode=False)
         sys.exit(rv if isinstance(rv, int) else 0)
     except BitsmithError as exc:
-        click.secho(f"error: {exc.message}", fg="red", err=True)
+        from .common import printable
+
+        click.secho(f"error: {printable(exc.message, keep_newlines=True)}", fg="red", err=True)
         if exc.hint:
-            click.echo(f"hint: {exc.hint}", err=True)
+            click.echo(f"hint: {printable(exc.hint, keep_newlines=True)}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

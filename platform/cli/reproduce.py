@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from .common import emit_json, fmt_value, info, json_option, open_db, settings_from, short, stdout_console
+from .common import emit_json, fmt_value, info, json_option, literal, open_db, settings_from, short, stdout_console
 from .submit import EXECUTOR_CHOICE, execute_and_wait
 
 
@@ -60,21 +60,21 @@ def reproduce(ctx: click.Context, run_ref: str, executor: str, rel_tol: float, a
             t.add_column(c)
         for o in report.outputs:
             mark = "same" if o["same"] else ("differs (volatile: timings)" if o["volatile"] else "[red]DIFFERS[/]")
-            t.add_row(o["role"], o["kind"], short(o["original"]), short(o["reproduced"]), mark)
+            t.add_row(literal(o["role"]), literal(o["kind"]), short(o["original"]), short(o["reproduced"]), mark)
         con.print(t)
         t = Table(title="metrics", title_justify="left")
         for c in ("metric", "original", "reproduced", "rel diff", ""):
             t.add_column(c)
         for m in report.metrics:
             mark = "same" if m["same"] else ("volatile" if m["volatile"] else "[red]DIFFERS[/]")
-            t.add_row(m["key"], fmt_value(m["original"]) if m["original"] is not None else "-",
+            t.add_row(literal(m["key"]), fmt_value(m["original"]) if m["original"] is not None else "-",
                       fmt_value(m["reproduced"]) if m["reproduced"] is not None else "-",
                       f"{m['rel_diff']:.2e}" if m["rel_diff"] is not None else "-", mark)
         con.print(t)
         if report.environment_diff or report.code_diff:
             con.print("[bold]differences in environment and code[/] (original -> reproduction):")
             for k, (a, b) in {**report.code_diff, **report.environment_diff}.items():
-                con.print(f"  {k}: {a} -> {b}")
+                con.print(literal(f"  {k}: {a} -> {b}"))
         else:
             con.print("environment and code: identical")
     if not report.matches:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import (emit_json, fmt_duration, fmt_time, fmt_value, info, json_option, open_db, short,
+from .common import (emit_json, fmt_duration, fmt_time, fmt_value, info, json_option, literal, open_db, short,
                      status_text, stdout_console)
 
 # The metric shown in `runs list` for each kind (first one present wins).
@@ -54,7 +54,7 @@ def list_runs(ctx: click.Context, kind: str | None, status: str | None, tag: str
         headline = next((f"{k}={fmt_value(m[k])}" for k in HEADLINE_METRICS.get(r.kind, ()) if k in m), "")
         note = f"cache hit of {short(r.cache_hit_of, 10)}" if r.cache_hit_of else (
             f"attempt {r.attempt}" if r.attempt > 1 else "")
-        table.add_row(short(r.id, 12), r.kind, r.name or "", status_text(r.status), headline,
+        table.add_row(short(r.id, 12), r.kind, literal(r.name or ""), status_text(r.status), headline,
                       fmt_time(r.created_at), fmt_duration(r), note)
     stdout_console().print(table)
     if not records:
@@ -90,7 +90,7 @@ def show_run(ctx: click.Context, run_ref: str, as_json: bool) -> None:
         emit_json({"run": r, "inputs": inputs, "outputs": outputs, "metrics": finals, "events": events})
         return
     con = stdout_console()
-    con.print(f"[bold]run {r.id}[/]  {r.kind}  {r.name or ''}  {status_text(r.status)}")
+    con.print(f"[bold]run {r.id}[/]  {r.kind}  {literal(r.name or '')}  {status_text(r.status)}")
     rows = [("created", fmt_time(r.created_at)), ("started", fmt_time(r.started_at)),
             ("finished", fmt_time(r.finished_at)), ("took", fmt_duration(r)), ("attempt", f"{r.attempt} "
             f"(retries allowed: {r.max_retries})"), ("executor", r.executor or "-"), ("host/pid", f"{r.host}/{r.pid}"),
@@ -98,31 +98,32 @@ def show_run(ctx: click.Context, run_ref: str, as_json: bool) -> None:
             ("cache hit of", r.cache_hit_of or "-"), ("code", json.dumps(r.code_version)),
             ("tags", ", ".join(r.tags) or "-"), ("log", r.log_path or "-")]
     for k, v in rows:
-        con.print(f"  [dim]{k:>12}[/] {v}")
+        con.print(f"  [dim]{k:>12}[/] {literal(v)}")
     if r.error:
-        con.print(f"  [red]{'error':>12}[/] {r.error}")
+        con.print(f"  [red]{'error':>12}[/] {literal(r.error, keep_newlines=True)}")
     if r.environment:
         pk = r.environment.get("packages", {})
         env_line = ", ".join(f"{k} {v}" for k, v in pk.items() if v)
-        con.print(f"  [dim]{'environment':>12}[/] python {r.environment.get('python')}, {env_line}, "
-                  f"device {r.environment.get('device')}, threads {r.environment.get('torch_threads')}")
+        con.print(f"  [dim]{'environment':>12}[/] " + literal(
+            f"python {r.environment.get('python')}, {env_line}, device {r.environment.get('device')}, "
+            f"threads {r.environment.get('torch_threads')}"))
     for title, edges in (("inputs", inputs), ("outputs", outputs)):
         if edges:
             t = Table(title=title, title_justify="left")
             t.add_column("role")
             t.add_column("digest")
             for e in edges:
-                t.add_row(e.role, e.digest[:16])
+                t.add_row(literal(e.role), e.digest[:16])
             con.print(t)
     if finals:
         t = Table(title="final metrics", title_justify="left")
         t.add_column("metric")
         t.add_column("value", justify="right")
         for k in sorted(finals):
-            t.add_row(k, fmt_value(finals[k]))
+            t.add_row(literal(k), fmt_value(finals[k]))
         con.print(t)
     con.print("events: " + "  ".join(f"{fmt_time(e.at)} {e.from_status or '∅'}→{e.to_status}"
-                                     + (f" ({e.message})" if e.message else "") for e in events))
+                                     + (f" ({literal(e.message)})" if e.message else "") for e in events))
 
 
 @runs.command("logs")
@@ -235,7 +236,7 @@ def compare_runs(ctx: click.Context, run_refs: tuple[str, ...], prefix: str | No
     table = Table()
     table.add_column("metric")
     for r in records:
-        table.add_column(f"{short(r.id, 10)}\n{r.name or r.kind}", justify="right")
+        table.add_column(f"{short(r.id, 10)}\n{literal(r.name or r.kind)}", justify="right")
     for k in keys:
-        table.add_row(k, *[fmt_value(finals[r.id][k]) if k in finals.get(r.id, {}) else "-" for r in records])
+        table.add_row(literal(k), *[fmt_value(finals[r.id][k]) if k in finals.get(r.id, {}) else "-" for r in records])
     stdout_console().print(table)

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import click
 
-from .common import (emit_json, fmt_value, info, json_option, open_db, settings_from, short, status_text,
-                     stdout_console)
+from .common import (emit_json, fmt_value, info, json_option, literal, open_db, settings_from, short,
+                     status_text, stdout_console)
 from .submit import EXECUTOR_CHOICE
 
 
@@ -102,14 +102,14 @@ def status_cmd(ctx: click.Context, sweep_ref: str, watch: bool) -> None:
 
     def table() -> tuple[Table, bool]:
         rec = store.get_sweep(db, record.id)
-        t = Table(title=f"sweep {rec.id[:12]} {rec.name or ''} ({rec.status})")
+        t = Table(title=f"sweep {rec.id[:12]} {literal(rec.name or '')} ({rec.status})")
         for col in ("run", "name", "status", "took"):
             t.add_column(col)
         finished = True
         for rid in rec.run_ids:
             r = store.get_run(db, rid)
             finished &= r.status in ("succeeded", "failed", "cancelled")
-            t.add_row(short(r.id, 10), r.name or "", status_text(r.status)
+            t.add_row(short(r.id, 10), literal(r.name or ""), status_text(r.status)
                       + (" (cache hit)" if r.cache_hit_of else ""), fmt_duration(r))
         return t, finished
 
@@ -150,14 +150,14 @@ def _show(ctx: click.Context, sweep_ref: str, *, as_json: bool, plot: Path | Non
         t.add_column("")
         t.add_column("run")
         for p in spec.parameters:
-            t.add_column(p)
+            t.add_column(literal(p))
         t.add_column("status")
         metrics = [o.metric for o in spec.objectives]
         for m in metrics:
-            t.add_column(m, justify="right")
+            t.add_column(literal(m), justify="right")
         for r in rows:
-            t.add_row("*" if r.pareto else "", short(r.run_id, 10), *[str(r.params.get(p)) for p in spec.parameters],
-                      status_text(r.status), *[fmt_value(r.metrics[m]) if m in r.metrics else "-" for m in metrics])
+            t.add_row("*" if r.pareto else "", short(r.run_id, 10),
+                      *[literal(r.params.get(p)) for p in spec.parameters], status_text(r.status), *[fmt_value(r.metrics[m]) if m in r.metrics else "-" for m in metrics])
         stdout_console().print(t)
         if metrics:
             info("* = on the Pareto front of " + ", ".join(f"{o.metric} ({o.goal})" for o in spec.objectives))

@@ -10,11 +10,11 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Union
 
-import yaml
 from pydantic import Field, TypeAdapter, ValidationError
 
 from ..errors import SpecError
 from .common import ArtifactRef, JobSpecBase, Resources, StrictModel
+from .strict import StrictInputError, check_storable, loads_json, loads_yaml
 from .eval import EvalSpec
 from .noop import NoopSpec
 from .quantize import QuantizeSpec
@@ -45,9 +45,9 @@ def read_spec_file(path: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"{path}: cannot read spec file ({exc}); expected a UTF-8 YAML or JSON file") from None
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise SpecError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from None
+        data = loads_json(text, str(path)) if path.suffix == ".json" else loads_yaml(text, str(path))
+    except StrictInputError as exc:
+        raise SpecError(str(exc)) from None
     if not isinstance(data, dict):
         raise SpecError(f"{path}: top level is {type(data).__name__}; expected a mapping with a `kind` field")
     return data
@@ -61,8 +61,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
         if not sep or not key.strip():
             raise SpecError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. quant.bits=3")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+            value = loads_yaml(raw, f"--set {key}") if raw.strip() else ""
+        except StrictInputError:
             value = raw
         node = data
         parts = key.strip().split(".")
@@ -117,9 +117,20 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
 def parse_spec(data: dict[str, Any], source: str = "spec") -> JobSpecBase:
     """Validate a dict into the spec model of its `kind`; raise `SpecError` naming each bad field."""
     try:
-        return _ADAPTER.validate_python(data)
+        spec = _ADAPTER.validate_python(data)
     except ValidationError as exc:
         raise SpecError(format_validation_error(exc, source)) from None
+    check_spec_storable(spec.model_dump(mode="json"), source)
+    return spec
+
+
+def check_spec_storable(data: dict[str, Any], source: str) -> None:
+    """Refuse a validated spec holding a value the store cannot keep (NaN, Infinity, a 65-bit integer)."""
+    try:
+        for key, value in data.items():
+            check_storable(value, key)
+    except StrictInputError as exc:
+        raise SpecError(f"{source}: {exc}") from None
 
 
 def load_spec(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),

@@ -239,6 +239,14 @@ def head_revision() -> str:
     return _HEAD[0]
 
 
+def known_revisions() -> list[str]:
+    """Every schema revision of this bitsmith, oldest first (the last one is the head)."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(_alembic_config())
+    return [rev.revision for rev in reversed(list(script.walk_revisions("base", head_revision())))]
+
+
 def _revision_on(conn: Connection) -> str | None:
     from alembic.runtime.migration import MigrationContext
 

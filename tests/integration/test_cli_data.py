@@ -54,4 +54,4 @@ def test_models_import_registers_safetensors_dirs_and_refuses_pickles(cli, tmp_p
     (pickled / "config.json").write_text("{}")
     (pickled / "pytorch_model.bin").write_bytes(b"not really")
     out = cli("models", "import", pickled, check=False)
-    assert out.code == 1 and "safetensors" in out.err and "pytorch_model.bin" in out.err
+    assert out.code == 2 and "safetensors" in out.err and "pytorch_model.bin" in out.err

@@ -86,7 +86,8 @@ class FitnessActor:
         from transformers import AutoModelForCausalLM
 
         torch.set_num_threads(threads)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, local_files_only=True).eval()
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, local_files_only=True,
+                                                     trust_remote_code=False, use_safetensors=True).eval()
         self.stitched = AllocationModel(model, load_level_db(level_db_dir))
         self.reference = load_file(reference_file)
         self.batch_size = batch_size
