@@ -30,6 +30,9 @@ _COMPARE = {ast.Eq: lambda a, b: a == b, ast.NotEq: lambda a, b: a != b, ast.Lt:
             ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b}
 _ARITH = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
           ast.Div: lambda a, b: a / b, ast.Mod: lambda a, b: a % b}
+MAX_CONSTRAINT_CHARS = 1_000  # a constraint's length (bounds nesting and the size of its literals)
+MAX_SEQUENCE = 10_000  # items a repeated string or list in a constraint may have
+MAX_CHILDREN = 10_000  # combinations a grid or random sweep may expand to
 
 
 def load_sweep_spec(data: dict[str, Any], source: str = "sweep") -> SweepSpec:
@@ -52,18 +55,49 @@ def _dotted(node: ast.AST) -> str | None:
     return None
 
 
+def _shown(expression: str) -> str:
+    """The constraint as error messages quote it (long ones cut)."""
+    return repr(expression if len(expression) <= 80 else expression[:80] + "...")
+
+
 def check_constraint(expression: str, params: dict[str, Any]) -> bool:
-    """Evaluate a constraint over parameter values (comparisons, and/or/not, + - * / %, literals only)."""
+    """Evaluate a constraint over parameter values (comparisons, and/or/not, + - * / %, literals only).
+
+    Any failure (division by zero, a type error, a result too large, nesting too deep) is a `SpecError`
+    naming the constraint and the parameter values.
+    """
+    if len(expression) > MAX_CONSTRAINT_CHARS:
+        raise SpecError(f"constraints: {_shown(expression)} has {len(expression)} characters; expected at most "
+                        f"{MAX_CONSTRAINT_CHARS}")
+    try:
+        return _evaluate_constraint(expression, params)
+    except (ArithmeticError, TypeError, ValueError, RecursionError, MemoryError) as exc:
+        raise SpecError(f"constraints: {_shown(expression)} fails for {params}: {type(exc).__name__}: {exc}; "
+                        "expected an expression that evaluates to true or false") from None
+
+
+def _arithmetic(op: ast.operator, left: Any, right: Any) -> Any:
+    """`left op right`, refusing %-formatting of strings and repeated sequences above MAX_SEQUENCE items."""
+    if isinstance(op, ast.Mod) and isinstance(left, str):
+        raise TypeError("string formatting with % is not allowed")
+    if isinstance(op, ast.Mult) and isinstance(left, (str, list)) != isinstance(right, (str, list)):
+        seq, times = (left, right) if isinstance(left, (str, list)) else (right, left)
+        if isinstance(times, int) and len(seq) * times > MAX_SEQUENCE:
+            raise ValueError(f"repeating a sequence {times} times gives more than {MAX_SEQUENCE} items")
+    return _ARITH[type(op)](left, right)
+
+
+def _evaluate_constraint(expression: str, params: dict[str, Any]) -> bool:
     try:
         tree = ast.parse(expression, mode="eval")
     except SyntaxError as exc:
-        raise SpecError(f"constraints: {expression!r} is not an expression ({exc.msg})") from None
+        raise SpecError(f"constraints: {_shown(expression)} is not an expression ({exc.msg})") from None
 
     def ev(node: ast.AST) -> Any:
         name = _dotted(node)
         if name is not None:
             if name not in params:
-                raise SpecError(f"constraints: {expression!r} names {name!r}; expected one of {sorted(params)}")
+                raise SpecError(f"constraints: {_shown(expression)} names {name!r}; expected one of {sorted(params)}")
             return params[name]
         if isinstance(node, ast.Expression):
             return ev(node.body)
@@ -79,7 +113,7 @@ def check_constraint(expression: str, params: dict[str, Any]) -> bool:
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
             return -ev(node.operand)
         if isinstance(node, ast.BinOp) and type(node.op) in _ARITH:
-            return _ARITH[type(node.op)](ev(node.left), ev(node.right))
+            return _arithmetic(node.op, ev(node.left), ev(node.right))
         if isinstance(node, ast.Compare):
             left = ev(node.left)
             for op, comp in zip(node.ops, node.comparators):
@@ -88,7 +122,7 @@ def check_constraint(expression: str, params: dict[str, Any]) -> bool:
                     return False
                 left = right
             return True
-        raise SpecError(f"constraints: {expression!r}: {type(node).__name__} is not allowed; expected "
+        raise SpecError(f"constraints: {_shown(expression)}: {type(node).__name__} is not allowed; expected "
                         "comparisons, and/or/not, arithmetic, parameter names and literals")
 
     return bool(ev(tree))
@@ -109,6 +143,7 @@ def expand(sweep: SweepSpec) -> list[dict[str, Any]]:
         for expr in sweep.constraints:
             check_constraint(expr, combo)  # raises on unknown names; the representative may still be infeasible
         return [combo]
+    check_expandable(sweep)
     if sweep.strategy == "grid":
         combos = [dict(zip(names, values)) for values in itertools.product(*sweep.parameters.values())]
     elif sweep.strategy == "zip":
@@ -118,6 +153,18 @@ def expand(sweep: SweepSpec) -> list[dict[str, Any]]:
         combos = [{name: _sample(param, rng) for name, param in sweep.parameters.items()}  # type: ignore[arg-type]
                   for _ in range(sweep.samples or 0)]
     return [c for c in combos if all(check_constraint(expr, c) for expr in sweep.constraints)]
+
+
+def check_expandable(sweep: SweepSpec) -> None:
+    """Refuse, before expanding anything, a grid or random sweep of more than MAX_CHILDREN combinations."""
+    if sweep.strategy == "grid":
+        sizes = [len(values) for values in sweep.parameters.values()]  # type: ignore[arg-type]
+        count = math.prod(sizes)
+        if count > MAX_CHILDREN:
+            raise SpecError(f"parameters: a grid of {count} combinations ({' x '.join(map(str, sizes))}); "
+                            f"expected at most {MAX_CHILDREN} children (split the sweep or use strategy random)")
+    elif sweep.strategy == "random" and (sweep.samples or 0) > MAX_CHILDREN:
+        raise SpecError(f"samples: {sweep.samples}; expected at most {MAX_CHILDREN} children")
 
 
 def _sample(param: RandomParam | tuple[Any, ...], rng: random.Random) -> Any:

@@ -5,6 +5,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .strict import INT64_MAX
+
 # An artifact reference as users write it: a digest (or unique prefix, optionally "sha256:"),
 # an artifact name (the newest artifact with that name), or "run:RUN_ID/OUTPUT".
 ArtifactRef = str
@@ -13,7 +15,7 @@ ArtifactRef = str
 class StrictModel(BaseModel):
     """Frozen, and unknown fields are errors: a typo never silently becomes a default."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Resources(StrictModel):
@@ -35,7 +37,7 @@ class JobSpecBase(StrictModel):
     )
 
     name: str | None = Field(None, max_length=200)
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=INT64_MAX)
     resources: Resources = Resources()
     retries: int = Field(0, ge=0, le=20, description="re-runs after a worker/node failure")
     timeout_s: float | None = Field(None, gt=0)
