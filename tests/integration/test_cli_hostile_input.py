@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 ODD_NAMES = ("[/x]", "[bold]x", "a\x1b[31mred")
 
@@ -172,3 +174,98 @@ def test_fifo_in_imported_folder_is_refused(cli, tmp_path) -> None:
     model = _model_dir(tmp_path / "m")
     os.mkfifo(model / "pipe")
     _refused(cli("models", "import", model, check=False, timeout=60), "pipe")
+
+
+# -- metadata and numbers: refused before anything is written -----------------------------------------------------
+def _objects(cli) -> list[Path]:
+    return [p for p in (cli.home / "artifacts").rglob("*") if p.is_file()] if (cli.home / "artifacts").exists() else []
+
+
+@pytest.mark.parametrize("override,field", [
+    ("timeout_s=nan", "timeout_s"),
+    ("timeout_s=.inf", "timeout_s"),
+    ("resources.cpus=.nan", "resources.cpus"),
+    (f"seed={2**70}", "seed"),
+    ("tags=[ok, \"a\\0b\"]", "tags[1]"),
+])
+def test_unstorable_spec_values_are_refused(cli, override: str, field: str) -> None:
+    spec = cli.write_spec("noop.yaml", "kind: noop\n")
+    _refused(_submit(cli, spec, "--set", override, check=False), field)
+    assert cli("runs", "list", "--json").json() == []
+
+
+def test_infinite_timeout_in_a_spec_file_is_refused(cli) -> None:
+    spec = cli.write_spec("inf.yaml", "kind: noop\ntimeout_s: .inf\n")
+    _refused(_submit(cli, spec, check=False), str(spec), "timeout_s")
+
+
+@pytest.mark.parametrize("meta,field", [
+    ('{"bits": NaN}', "NaN"),
+    ('{"bits": -Infinity}', "Infinity"),
+    (json.dumps({"bits": 2**70}), "metadata.bits"),
+    (json.dumps({"note": "a\x00b"}), "metadata.note"),
+    ('{"bits": 3, "bits": 4}', "duplicate key 'bits'"),
+])
+def test_unstorable_metadata_is_refused_before_bytes_are_stored(cli, tmp_path, meta: str, field: str) -> None:
+    ok = cli("models", "import", _model_dir(tmp_path / "ok", **{"artifact.json": '{"bits": 3}'}), "--name", "ok")
+    bad = _model_dir(tmp_path / "bad", **{"artifact.json": meta})
+    objects = _objects(cli)
+    _refused(cli("models", "import", bad, check=False), field)
+    assert _objects(cli) == objects  # no byte of the refused import was stored
+    found = cli("artifacts", "find", "--kind", "model", "--where", "meta.bits<=3", "--json").json()
+    assert [a["digest"] for a in found] == [ok.out.strip()]
+
+
+def test_over_long_artifact_name_is_refused(cli, tmp_path) -> None:
+    _refused(cli("models", "import", _model_dir(tmp_path / "m"), "--name", "n" * 300, check=False), "name", "255")
+    assert _objects(cli) == []
+
+
+# -- code from artifacts: never executed, never unpickled ---------------------------------------------------------
+EVIL = "import pathlib, os\npathlib.Path(os.environ['EVIL_MARKER']).write_text('executed')\n"
+AUTO_MAP = {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"}
+
+
+@pytest.mark.parametrize("files,named", [
+    ({"pytorch_model.bin": b"\x80\x04K\x00."}, "pytorch_model.bin"),  # a decoy safetensors beside a pickle
+    ({"weights.pt": b"x"}, "weights.pt"),
+    ({"extra/weights.pth": b"x"}, "weights.pth"),
+    ({"state.pkl": b"x"}, "state.pkl"),
+    ({"evil.py": EVIL}, "evil.py"),
+])
+def test_models_import_refuses_code_and_pickles(cli, tmp_path, files: dict, named: str) -> None:
+    model = _model_dir(tmp_path / "m")
+    for name, content in files.items():
+        (model / name).parent.mkdir(parents=True, exist_ok=True)
+        (model / name).write_bytes(content) if isinstance(content, bytes) else (model / name).write_text(content)
+    _refused(cli("models", "import", model, check=False), named)
+    assert cli("artifacts", "list", "--json").json() == []
+
+
+@pytest.mark.parametrize("config", ["config.json", "tokenizer_config.json"])
+def test_models_import_refuses_auto_map(cli, tmp_path, config: str) -> None:
+    model = _model_dir(tmp_path / "m")
+    data = json.loads((model / config).read_text()) if (model / config).exists() else {}
+    (model / config).write_text(json.dumps({**data, "auto_map": AUTO_MAP}))
+    _refused(cli("models", "import", model, check=False), config, "auto_map")
+
+
+def _evil_model_dir(root: Path) -> Path:
+    """A model directory whose config asks transformers to import `evil.py` (which writes a marker file)."""
+    model = _model_dir(root, **{"evil.py": EVIL})
+    (model / "config.json").write_text(json.dumps({"model_type": "evil", "auto_map": AUTO_MAP}))
+    return model
+
+
+@pytest.mark.parametrize("loader", [
+    "from bitsmith.workers.models import load_model_and_tokenizer as load; load(sys.argv[1])",
+    "from bitsmith.workers.models import SAFE_LOADING; from transformers import AutoModelForCausalLM as A; "
+    "A.from_pretrained(sys.argv[1], local_files_only=True, **SAFE_LOADING)",
+    "from transformers import AutoConfig as A; A.from_pretrained(sys.argv[1], local_files_only=True, "
+    "trust_remote_code=False)",
+])
+def test_worker_loaders_never_run_code_from_an_artifact(tmp_path, loader: str) -> None:
+    model, marker = _evil_model_dir(tmp_path / "m"), tmp_path / "marker"
+    proc = subprocess.run([sys.executable, "-c", f"import sys; {loader}", str(model)], input="y\n", cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "EVIL_MARKER": str(marker)})
+    assert proc.returncode != 0 and not marker.exists(), proc.stderr
