@@ -36,6 +36,12 @@ class ArtifactError(BitsmithError):
     """An artifact is missing, corrupted or would escape the artifact root."""
 
 
+class UnstorableError(ArtifactError):
+    """A path cannot be stored as an artifact (symlink, FIFO, device, or a name with control characters)."""
+
+    exit_code = 2
+
+
 class DataError(BitsmithError):
     """A data file is malformed (binary text, bad JSONL line, missing field)."""
 

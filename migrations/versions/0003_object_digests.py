@@ -1,4 +1,7 @@
-"""Object integrity: digest versions and any columns the artifact objects need.
+"""Object integrity: `artifacts.digest_version`, the digest encoding each object is verified with.
+
+Rows from before this revision get 1 (the tab-separated directory manifest); new rows record 2
+(see bitsmith.platform.digests). File digests are the same in both.
 
 Revision ID: 0003
 Revises: 0002
@@ -8,8 +11,8 @@ from __future__ import annotations
 
 from typing import Sequence, Union
 
-import sqlalchemy as sa  # noqa: F401
-from alembic import op  # noqa: F401
+import sqlalchemy as sa
+from alembic import op
 
 revision: str = "0003"
 down_revision: Union[str, None] = "0002"
@@ -18,8 +21,10 @@ depends_on: Union[str, Sequence[str], None] = None
 
 
 def upgrade() -> None:
-    pass
+    with op.batch_alter_table("artifacts") as batch:
+        batch.add_column(sa.Column("digest_version", sa.Integer(), nullable=False, server_default="1"))
 
 
 def downgrade() -> None:
-    pass
+    with op.batch_alter_table("artifacts") as batch:
+        batch.drop_column("digest_version")

@@ -16,13 +16,14 @@ def data() -> None:
 
 
 def _register(ctx: click.Context, build: Callable[[Path], Path], name: str, as_json: bool) -> Any:
+    from ..artifacts import temp_name
     from ..register import register_path
     from ..store.artifacts import check_artifact_name
 
     check_artifact_name(name, "--name")
     settings = settings_from(ctx)
     settings.home.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=settings.home, prefix=".data-") as tmp:
+    with tempfile.TemporaryDirectory(dir=settings.home, prefix=f".data-{temp_name()}-") as tmp:
         out = build(Path(tmp) / "dataset")
         rec = register_path(open_db(ctx), settings, out, kind="dataset", name=name)
     if as_json:

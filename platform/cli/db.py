@@ -41,21 +41,31 @@ def current(ctx: click.Context, as_json: bool) -> None:
 
 @db.command("check")
 @click.option("--no-verify", is_flag=True, help="only check that artifact bytes exist (skip re-hashing them)")
+@click.option("--repair", is_flag=True,
+              help="drop bad stored copies (the next writer of the same bytes stores them afresh) and remove "
+                   "stale temp leftovers of interrupted writes")
+@click.option("--grace-s", default=3600.0, show_default=True, type=click.FloatRange(0),
+              help="a temp leftover counts as stale once untouched this long (and its writer is gone)")
 @json_option
 @click.pass_context
-def check(ctx: click.Context, no_verify: bool, as_json: bool) -> None:
-    """Check that the store and the artifact root agree; exits 1 when something is wrong."""
+def check(ctx: click.Context, no_verify: bool, repair: bool, grace_s: float, as_json: bool) -> None:
+    """Check that the store and the artifact root agree; exits 1 when something is wrong (and not repaired)."""
     from ..integrity import check_store
     from .common import open_db
 
-    report = check_store(open_db(ctx), settings_from(ctx), verify_bytes=not no_verify)
+    report = check_store(open_db(ctx), settings_from(ctx), verify_bytes=not no_verify, repair=repair,
+                         grace_s=grace_s)
+    left = [p for p in report.problems if not p.repaired]
     if as_json:
         emit_json({"ok": report.ok, "artifacts_checked": report.artifacts_checked,
-                   "runs_checked": report.runs_checked, "problems": report.problems})
+                   "runs_checked": report.runs_checked, "problems": report.problems,
+                   "unrepaired": len(left)})
     else:
         for p in report.problems:
-            click.echo(f"{p.what} {p.ref[:12]}: {p.issue}")
+            click.echo(f"{p.what} {p.ref if p.what == 'leftover' else p.ref[:12]}: {p.issue}")
+        repaired = len(report.problems) - len(left)
         click.echo(f"{report.artifacts_checked} artifacts, {report.runs_checked} runs checked: "
-                   f"{'ok' if report.ok else f'{len(report.problems)} problem(s)'}")
-    if not report.ok:
+                   f"{'ok' if report.ok else f'{len(report.problems)} problem(s)'}"
+                   f"{f', {repaired} repaired' if repaired else ''}")
+    if left:
         ctx.exit(1)

@@ -66,6 +66,7 @@ def _register_datasets(ctx: click.Context) -> None:
     from bitsmith.workers.data.arithmetic import generate_arithmetic
     from bitsmith.workers.data.corpus import build_builtin_corpus
 
+    from ..artifacts import temp_name
     from ..register import register_path
 
     settings = settings_from(ctx)
@@ -76,7 +77,7 @@ def _register_datasets(ctx: click.Context) -> None:
             dest, n_train=200, n_calibration=10, n_test=20, min_operand=0, max_operand=9, operations=("+",), seed=0),
     }
     for name, build in builders.items():
-        with tempfile.TemporaryDirectory(dir=settings.home, prefix=".data-") as tmp:
+        with tempfile.TemporaryDirectory(dir=settings.home, prefix=f".data-{temp_name()}-") as tmp:
             rec = register_path(open_db(ctx), settings, build(Path(tmp) / "dataset"), kind="dataset", name=name)
         splits = ", ".join(f"{k} {v.get('records')}" for k, v in rec.metadata.get("splits", {}).items())
         info(f"  {name} {short(rec.digest)}: {splits}")

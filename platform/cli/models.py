@@ -49,6 +49,7 @@ def builtin_model(ctx: click.Context, model: str, as_json: bool) -> None:
 @click.pass_context
 def import_model(ctx: click.Context, path: Path, gguf_file: str | None, name: str | None, as_json: bool) -> None:
     """Register a model directory; with --gguf, convert GGUF through transformers to safetensors first."""
+    from ..artifacts import temp_name
     from ..errors import ArtifactError
     from ..register import register_path
     from bitsmith.workers.models_import import convert_gguf, describe_hf_model
@@ -57,7 +58,7 @@ def import_model(ctx: click.Context, path: Path, gguf_file: str | None, name: st
     check_artifact_name(name, "--name")
     settings = settings_from(ctx)
     settings.home.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=settings.home, prefix=".model-") as tmp:
+    with tempfile.TemporaryDirectory(dir=settings.home, prefix=f".model-{temp_name()}-") as tmp:
         if gguf_file or path.suffix == ".gguf":
             gguf_path = path if path.suffix == ".gguf" else path / gguf_file  # type: ignore[operator]
             info(f"converting {gguf_path} to safetensors (through transformers) ...")

@@ -7,6 +7,7 @@ from typing import Any
 
 from .. import store
 from ..errors import SpecError, UsageError
+from ..integrity import damaged_outputs
 from ..jobs import check_runnable
 from ..provenance import cache_key
 from ..specs import JobSpecBase, canonical_json, semantic_json, spec_hash
@@ -50,6 +51,8 @@ def record_submission(db: Any, spec: JobSpecBase, *, code: dict[str, Any], execu
                   max_retries=spec.retries, inputs=digests, sweep_id=sweep_id)
     if not no_cache:
         original = store.find_cached_run(db, key)
+        if original is not None and damaged_outputs(db, original.id) is not None:
+            original = None  # its outputs are gone or corrupted: run the job again (the rerun heals them)
         if original is not None:  # one transaction: the run with the original's outputs and final metrics
             return Submission(run=store.record_cache_hit(db, original.id, **common), cache_hit=True)
     return Submission(run=store.create_run(db, status=QUEUED, **common), cache_hit=False)

@@ -35,7 +35,8 @@ def artifact_from_row(row: Row) -> ArtifactRecord:
     m = row._mapping
     return ArtifactRecord(digest=m["digest"], kind=m["kind"], name=m["name"], uri=m["uri"],
                           size_bytes=m["size_bytes"], is_dir=bool(m["is_dir"]), metadata=m["metadata"] or {},
-                          producer_run_id=m["producer_run_id"], created_at=m["created_at"])
+                          producer_run_id=m["producer_run_id"], created_at=m["created_at"],
+                          digest_version=m["digest_version"])
 
 
 def check_artifact_name(name: str | None, field: str = "name") -> str | None:
@@ -48,7 +49,7 @@ def check_artifact_name(name: str | None, field: str = "name") -> str | None:
 
 def register_artifact(db: Database, *, digest: str, kind: str, name: str | None, uri: str, size_bytes: int,
                       is_dir: bool = False, metadata: dict[str, Any] | None = None,
-                      producer_run_id: str | None = None) -> ArtifactRecord:
+                      producer_run_id: str | None = None, digest_version: int = 2) -> ArtifactRecord:
     """Insert the artifact row for `digest`, or return the existing one (idempotent, race-free).
 
     A plain `name` is also recorded as the name's newest registration, even when the bytes were already
@@ -61,7 +62,7 @@ def register_artifact(db: Database, *, digest: str, kind: str, name: str | None,
         check_artifact_name(name)
     values = {"digest": digest, "kind": kind, "name": name, "uri": uri, "size_bytes": int(size_bytes),
               "is_dir": bool(is_dir), "metadata": metadata or {}, "producer_run_id": producer_run_id,
-              "created_at": utcnow()}
+              "created_at": utcnow(), "digest_version": digest_version}
     dialect_insert = sqlite_insert if db.is_sqlite else pg_insert
 
     statement = dialect_insert(artifacts_t).on_conflict_do_nothing(index_elements=["digest"])

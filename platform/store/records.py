@@ -68,6 +68,7 @@ class ArtifactRecord:
     metadata: dict[str, Any]
     producer_run_id: str | None
     created_at: datetime
+    digest_version: int = 2           # the digest encoding (bitsmith.platform.digests; 1: rows before 0003)
 
 
 @dataclass(frozen=True)

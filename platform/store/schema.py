@@ -118,6 +118,8 @@ class Artifact(Base):
     meta: Mapped[dict] = mapped_column("metadata", JSON, nullable=False)
     producer_run_id: Mapped[str | None] = mapped_column(ID, ForeignKey("runs.id", ondelete="SET NULL"), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, index=True)
+    # The digest encoding the object is verified with (bitsmith.platform.digests): 1 for rows from before 0003.
+    digest_version: Mapped[int] = mapped_column(Integer, nullable=False, server_default="1")
 
 
 class ArtifactName(Base):

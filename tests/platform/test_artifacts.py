@@ -7,7 +7,7 @@ import pytest
 
 from bitsmith.platform.artifacts import copy_out, materialize, object_uri, put_object
 from bitsmith.platform.digests import digest_path
-from bitsmith.platform.errors import ArtifactError
+from bitsmith.platform.errors import ArtifactError, UnstorableError
 
 
 def _make_dir(path, files):
@@ -55,7 +55,7 @@ def test_digests_from_users_cannot_escape_the_root(tmp_path) -> None:
 def test_symlinks_are_refused(tmp_path) -> None:
     src = _make_dir(tmp_path / "m", {"a.txt": "a"})
     (src / "link").symlink_to("/etc/hostname")
-    with pytest.raises(ValueError, match="symlinks"):
+    with pytest.raises(UnstorableError, match="symlinks"):
         put_object(str(tmp_path / "root"), src)
 
 

@@ -1,11 +1,18 @@
-"""Import user data as dataset artifacts: plain text, JSONL records, or a `datasets.save_to_disk` folder."""
+"""Import user data as dataset artifacts: plain text, JSONL records, or a `datasets.save_to_disk` folder.
+
+The dataset's `artifact.json` (hashed with the data) describes the source by file names only, never by
+the folder it was imported from: the same bytes imported from two folders are one artifact.
+"""
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
+from bitsmith.platform.digests import check_entry_type
 from bitsmith.platform.errors import DataError
 
 from .corpus import clean_text
@@ -13,14 +20,18 @@ from .datasets import SPLITS, assign_split, check_record, read_text_file, split_
 
 
 def _input_files(path: str | Path, suffix: str) -> list[Path]:
+    """The file itself, or the `*suffix` files under a folder (sorted); symlinks, FIFOs and devices inside a
+    folder are refused by their `lstat` type before anything is opened."""
     path = Path(path)
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.rglob(f"*{suffix}") if p.is_file())
+        files = sorted(p for p in path.rglob(f"*{suffix}") if stat.S_ISREG(check_entry_type(p).st_mode))
         if files:
             return files
         raise DataError(f"{path}: no *{suffix} files in this folder; expected {suffix} files")
+    if os.path.lexists(path):
+        check_entry_type(path)
     raise DataError(f"{path}: no such file or folder")
 
 
@@ -39,8 +50,7 @@ def import_text(path_or_dir: str | Path, dest_dir: str | Path,
         docs.extend(p.strip() for p in parts if p.strip())
     if not docs:
         raise DataError(f"{path_or_dir}: no text found; expected non-empty UTF-8 text")
-    source = {"name": "text", "path": str(Path(path_or_dir).resolve()), "files": [f.name for f in files],
-              "split_on": split_on}
+    source = {"name": "text", "files": [f.name for f in files], "split_on": split_on}
     return write_dataset(dest_dir, "text", split_documents(docs), source)
 
 
@@ -84,7 +94,7 @@ def import_jsonl(path_or_dir: str | Path, dest_dir: str | Path) -> Path:
                                         "expected one JSON object per line") from None
 
     fmt, splits = _split_records(records(), None)
-    source = {"name": "jsonl", "path": str(Path(path_or_dir).resolve()), "files": [f.name for f in files]}
+    source = {"name": "jsonl", "files": [f.name for f in files]}
     return write_dataset(dest_dir, fmt, splits, source)
 
 
@@ -107,4 +117,4 @@ def import_hf(hf_dir: str | Path, dest_dir: str | Path) -> Path:
                 yield dict(row), f"{hf_dir} [{name}] row {i}"
 
     fmt, splits = _split_records(records(), None)
-    return write_dataset(dest_dir, fmt, splits, {"name": "hf", "path": str(Path(hf_dir).resolve())})
+    return write_dataset(dest_dir, fmt, splits, {"name": "hf"})
