@@ -73,12 +73,14 @@ def run_pipeline(stages: list[Stage], settings: Settings, *, executor: str = "ra
     from .scheduler.ray_executor import EXECUTORS
     from .scheduler.submit import record_submission
     from .errors import JobError
+    from .task_files import import_task_files
 
     db = store.open_database(settings.db_url)
     code = code_version()
     results = []
     for stage in stages:
-        specs: list[JobSpecBase] = [load_spec(job.spec_file, job.overrides) for job in stage.jobs]
+        specs: list[JobSpecBase] = [import_task_files(db, settings, load_spec(job.spec_file, job.overrides))
+                                    for job in stage.jobs]
         subs = [record_submission(db, spec, code=code, executor=executor, no_cache=no_cache) for spec in specs]
         result = StageResult(stage.name, [s.run.id for s in subs], sum(s.cache_hit for s in subs))
         results.append(result)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from bitsmith.platform.context import InputArtifact, OutputArtifact, RunContext, WorkerOutputs
-from bitsmith.platform.specs.eval import EvalSpec
+from bitsmith.platform.specs.eval import TASK_FILE_ROLE, EvalSpec
 from bitsmith.workers.evaluators import EvalEnv, get_evaluator
 from bitsmith.workers.models import DTYPES, load_model_and_tokenizer, resolve_device
 
@@ -39,7 +39,7 @@ def evaluate(spec: EvalSpec, ctx: RunContext, seed: int) -> WorkerOutputs:
     model, tokenizer = load_model_and_tokenizer(model_input.path, device, dtype)
     env = EvalEnv(model=model, tokenizer=tokenizer, device=device, dtype=dtype, batch_size=spec.batch_size,
                   seed=seed, work_dir=ctx.work_dir, datasets=dataset_inputs(ctx),
-                  reference=ctx.inputs.get("reference"), progress=ctx.progress)
+                  reference=ctx.inputs.get("reference"), progress=ctx.progress, task_files=task_file_inputs(ctx))
 
     started = time.perf_counter()
     if spec.backend == "lm_eval":
@@ -80,6 +80,11 @@ def evaluate(spec: EvalSpec, ctx: RunContext, seed: int) -> WorkerOutputs:
     for result in results:
         artifacts.update(result.artifacts)
     return WorkerOutputs(artifacts=artifacts, metrics=metrics)
+
+
+def task_file_inputs(ctx: RunContext) -> dict[str, InputArtifact]:
+    """The `task_file.I` inputs (choice tasks' files), by digest."""
+    return {a.digest: a for role, a in ctx.inputs.items() if role.split(".", 1)[0] == TASK_FILE_ROLE}
 
 
 def dataset_inputs(ctx: RunContext) -> list[InputArtifact]:

@@ -31,10 +31,12 @@ def submit(ctx: click.Context, spec_file: Path, overrides: tuple[str, ...], wait
     from ..provenance import code_version
     from ..specs import load_spec
     from ..scheduler.submit import record_submission
+    from ..task_files import import_task_files
 
     spec = load_spec(spec_file, overrides)  # validated once; nothing is written if this fails
     settings = settings_from(ctx)
     db = open_db(ctx)
+    spec = import_task_files(db, settings, spec)  # local task files become artifacts (cache key, lineage)
     sub = record_submission(db, spec, code=code_version(), executor=executor, no_cache=no_cache)
     run = sub.run
     if sub.cache_hit:

@@ -41,6 +41,9 @@ def run_sweep_cmd(ctx: click.Context, sweep_file: Path, overrides: tuple[str, ..
         require_optuna()
         plan = f"{spec.optuna.trials} children chosen by optuna ({sampler_name(spec)})"  # type: ignore[union-attr]
     db = open_db(ctx)
+    from ..task_files import import_base_task_files
+
+    spec = spec.model_copy(update={"base": import_base_task_files(db, settings_from(ctx), spec.base)})
     record = create_sweep(db, spec)  # its input refs resolved now: children and resumes use these digests
     info(f"sweep {record.id}: {plan}, at most {spec.max_concurrency} at once "
          f"(resume with: bitsmith sweep resume {record.id[:10]})")

@@ -11,6 +11,7 @@ from ..integrity import damaged_outputs
 from ..jobs import check_runnable
 from ..provenance import cache_key
 from ..specs import JobSpecBase, canonical_json, semantic_json, spec_hash
+from ..specs.kinds import accepted_kinds
 from ..store.records import QUEUED, RunRecord
 
 
@@ -28,15 +29,26 @@ def resolve_inputs(db: Any, spec: JobSpecBase, pinned: Mapping[str, str] | None 
     """
     digests: dict[str, str] = {}
     for role, ref in spec.input_refs().items():
-        field = "inputs." + role.replace(".", "[", 1) + ("]" if "." in role else "")
+        field = spec.input_field(role)
         if pinned is not None and ref not in pinned:
             raise SpecError(f"{field}: {ref!r} was not resolved when the sweep was created; expected one of the "
                             "refs the sweep pinned then", hint="bitsmith sweep run SWEEP_FILE (a new sweep)")
         try:
-            digests[role] = store.resolve_artifact_ref(db, ref if pinned is None else "sha256:" + pinned[ref]).digest
+            record = store.resolve_artifact_ref(db, ref if pinned is None else "sha256:" + pinned[ref])
         except UsageError as exc:  # no match, or an ambiguous prefix
             raise SpecError(f"{field}: {exc.message}", hint="bitsmith artifacts list") from None
+        check_input_kind(spec, role, field, record)
+        digests[role] = record.digest
     return digests
+
+
+def check_input_kind(spec: JobSpecBase, role: str, field: str, record: Any) -> None:
+    """Refuse an artifact whose kind input `role` of `spec` does not accept (the spec's INPUT_KINDS)."""
+    accepted = accepted_kinds(spec.INPUT_KINDS, role)
+    if accepted is not None and record.kind not in accepted:
+        raise SpecError(f"{field}: artifact {record.digest[:12]} is a {record.kind!r} artifact; expected "
+                        f"{' or '.join(repr(k) for k in accepted)} for a {spec.kind} job's {field}",
+                        hint=f"bitsmith artifacts list --kind {accepted[0]}")
 
 
 def record_submission(db: Any, spec: JobSpecBase, *, code: dict[str, Any], executor: str, no_cache: bool = False,

@@ -7,8 +7,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .strict import INT64_MAX
 
-# An artifact reference as users write it: a digest (or unique prefix, optionally "sha256:"),
-# an artifact name (the newest artifact with that name), or "run:RUN_ID/OUTPUT".
+# An artifact reference as users write it: a digest (or unique prefix, optionally "sha256:"), a plain
+# artifact name (its newest registration), "RUN_NAME/OUTPUT" (of the newest succeeded run of that name),
+# or "run:RUN_ID/OUTPUT".
 ArtifactRef = str
 
 
@@ -35,6 +36,8 @@ class JobSpecBase(StrictModel):
     NON_SEMANTIC_FIELDS: ClassVar[frozenset[str]] = frozenset(
         {"name", "tags", "resources", "retries", "timeout_s"}
     )
+    # Input role -> the artifact kinds it accepts (roles not listed accept any kind); see specs.kinds.
+    INPUT_KINDS: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     name: str | None = Field(None, max_length=200)
     seed: int = Field(0, ge=0, le=INT64_MAX)
@@ -56,6 +59,11 @@ class JobSpecBase(StrictModel):
             else:
                 refs[key] = value
         return refs
+
+    def input_field(self, role: str) -> str:
+        """The spec field an input role comes from, for errors: `data.1` -> `inputs.data[1]`."""
+        base, dot, index = role.partition(".")
+        return f"inputs.{base}[{index}]" if dot else f"inputs.{base}"
 
     def with_resolved_inputs(self, digests: dict[str, str]) -> "JobSpecBase":
         """A copy whose input references are replaced by `sha256:DIGEST` (names from `input_refs`)."""

@@ -6,11 +6,14 @@
 """
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from .common import ArtifactRef, JobSpecBase, StrictModel
+from .kinds import DATASET_KINDS, EVAL_MODEL_KINDS, TASK_FILE
+
+TASK_FILE_ROLE = "task_file"  # input role `task_file.I`: the file of tasks[I] (a choice task's `file`)
 
 Split = Literal["train", "calibration", "test"]
 
@@ -66,7 +69,8 @@ class ChoiceTask(_TaskBase):
     """Multiple choice by log-likelihood: records `{"question" | "context", "choices": [...], "label": int}`."""
 
     type: Literal["choice"] = "choice"
-    file: str | None = Field(None, description="local JSONL file (instead of a dataset input)")
+    file: str | None = Field(None, description="JSONL file (instead of a dataset input): a local path, imported as a "
+                                               "`task-file` artifact on submit, or a ref to such an artifact")
     split: Split = "test"
     limit: int | None = Field(None, ge=1, description="evaluate at most this many questions")
     target_delimiter: str = Field(" ", description="joins the question and each choice")
@@ -122,6 +126,13 @@ def metric_prefix(task: TokenPplTask | WordPplTask | KLTask | ChoiceTask | Gener
 
 
 class EvalSpec(JobSpecBase):
+    """Tasks on one model. A choice task's `file` is an input like the others (role `task_file.I` for
+    tasks[I]): resolved to a digest at submission, in the cache key and lineage, verified on the worker."""
+
+    INPUT_KINDS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "model": EVAL_MODEL_KINDS, "data": DATASET_KINDS, "reference": (*EVAL_MODEL_KINDS, "logits"),
+        TASK_FILE_ROLE: (TASK_FILE,)}
+
     kind: Literal["eval"] = "eval"
     inputs: EvalInputs
     tasks: tuple[EvalTask, ...] = Field(min_length=1)
@@ -131,6 +142,28 @@ class EvalSpec(JobSpecBase):
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     deterministic: bool = Field(False, description="fp32, dataset order batches, deterministic kernels")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: the job's cpus)")
+
+    def task_files(self) -> dict[int, str]:
+        """Task index -> the `file` of each choice task that has one."""
+        return {i: t.file for i, t in enumerate(self.tasks) if t.type == "choice" and t.file is not None}
+
+    def with_task_files(self, files: dict[int, str]) -> "EvalSpec":
+        """A copy whose tasks[I].file is `files[I]` (e.g. `sha256:DIGEST` for an imported local file)."""
+        tasks = tuple(t.model_copy(update={"file": files[i]}) if i in files else t for i, t in enumerate(self.tasks))
+        return self.model_copy(update={"tasks": tasks})
+
+    def input_refs(self) -> dict[str, ArtifactRef]:
+        refs = super().input_refs()
+        refs.update({f"{TASK_FILE_ROLE}.{i}": file for i, file in self.task_files().items()})
+        return refs
+
+    def input_field(self, role: str) -> str:
+        base, _, index = role.partition(".")
+        return f"tasks[{index}].file" if base == TASK_FILE_ROLE else super().input_field(role)
+
+    def with_resolved_inputs(self, digests: dict[str, str]) -> "EvalSpec":
+        resolved = super().with_resolved_inputs(digests)
+        return resolved.with_task_files({i: f"sha256:{digests[f'{TASK_FILE_ROLE}.{i}']}" for i in self.task_files()})
 
     @model_validator(mode="after")
     def _tasks_consistent(self) -> "EvalSpec":

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from .common import ArtifactRef, JobSpecBase, StrictModel
+from .kinds import DATASET_KINDS, HF_MODEL_KINDS
 
 ALLOWED_BITS: tuple[int, ...] = (2, 3, 4, 5, 6, 8)
 MIN_GROUP_SIZE, MAX_GROUP_SIZE = 32, 1024
@@ -94,6 +95,8 @@ class LayerOverride(StrictModel):
 
 
 class QuantizeSpec(JobSpecBase):
+    INPUT_KINDS: ClassVar[dict[str, tuple[str, ...]]] = {"model": HF_MODEL_KINDS, "calibration": DATASET_KINDS}
+
     kind: Literal["quantize"] = "quantize"
     inputs: QuantizeInputs
     method: QuantMethod = GPTQMethod()

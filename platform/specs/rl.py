@@ -6,11 +6,12 @@ configuration of a run.
 """
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from .common import ArtifactRef, JobSpecBase, StrictModel
+from .kinds import DATASET_KINDS, HF_MODEL_KINDS
 
 # Names of the verifiable rewards in `bitsmith.workers.grpo.rewards.REWARDS` (a test keeps them equal).
 RewardName = Literal["exact_numeric", "boxed", "format"]
@@ -98,6 +99,9 @@ class RLOptimConfig(StrictModel):
 
 
 class RLSpec(JobSpecBase):
+    INPUT_KINDS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "policy": HF_MODEL_KINDS, "data": DATASET_KINDS, "reference": HF_MODEL_KINDS}
+
     kind: Literal["rl"] = "rl"
     inputs: RLInputs
     data: DataConfig = DataConfig()

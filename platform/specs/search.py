@@ -7,11 +7,12 @@ for the same budget is always computed and reported beside the chosen method's r
 """
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from .common import ArtifactRef, JobSpecBase, StrictModel
+from .kinds import DATASET_KINDS, HF_MODEL_KINDS
 from .quantize import Bits, GPTQMethod, GroupSize, ModuleSelection, QuantMethod
 
 
@@ -174,6 +175,8 @@ class ReportConfig(StrictModel):
 
 
 class SearchSpec(JobSpecBase):
+    INPUT_KINDS: ClassVar[dict[str, tuple[str, ...]]] = {"model": HF_MODEL_KINDS, "calibration": DATASET_KINDS}
+
     kind: Literal["search"] = "search"
     inputs: SearchInputs
     method: SearchMethod = EvoMethod()

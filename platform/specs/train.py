@@ -1,11 +1,12 @@
 """Spec of `train` jobs: pretrain a small Llama-architecture LM, or fine-tune (SFT) a model artifact."""
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from .common import ArtifactRef, JobSpecBase, StrictModel
+from .kinds import DATASET_KINDS, HF_MODEL_KINDS
 
 
 class TrainInputs(StrictModel):
@@ -63,6 +64,9 @@ TrainMode = Annotated[PretrainMode | SFTMode, Field(discriminator="type")]
 
 
 class TrainSpec(JobSpecBase):
+    INPUT_KINDS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "corpus": DATASET_KINDS, "data": DATASET_KINDS, "model": HF_MODEL_KINDS}
+
     kind: Literal["train"] = "train"
     inputs: TrainInputs = TrainInputs()
     mode: TrainMode = PretrainMode()

@@ -201,3 +201,64 @@ def test_choice_split_files_are_verified_too(tmp_path: Path) -> None:
                   datasets=[InputArtifact(digest="0" * 64, kind="dataset", path=dataset)])
     with pytest.raises(DataError, match="outside the dataset artifact"):
         choice_file_of(ChoiceTask(), env)
+
+
+def test_input_kinds_are_checked_per_role_at_submission(cli: CLI, trained_lm: Path) -> None:
+    model = json.loads(cli("models", "import", trained_lm, "--name", "tiny", "--json")[1])["digest"]
+    result = cli.submit(noop("r", "A"))["outputs"]["result"]
+    for data, kind in ((model, "model"), ("r/result", "result")):
+        code, _, err = cli("submit", cli.spec("e.json", {"kind": "eval", "inputs": {"model": "tiny", "data": data},
+                                                          "tasks": [{"type": "token_ppl"}]}),
+                           "--executor", "local", "--wait", check=False)
+        assert code == 2 and "Traceback" not in err, err
+        assert f"inputs.data: artifact {(model if kind == 'model' else result)[:12]} is a '{kind}' artifact; " \
+               "expected 'dataset'" in err
+    code, _, err = cli("submit", cli.spec("q.json", {"kind": "quantize", "inputs": {"model": "r/result"},
+                                                      "method": {"type": "rtn"}, "bits": 4}),
+                       "--executor", "local", check=False)
+    assert code == 2 and "inputs.model: artifact" in err and "'result' artifact; expected 'model'" in err, err
+    _, out, _ = cli("runs", "list", "--json")
+    assert [r["kind"] for r in json.loads(out)] == ["noop"]  # nothing was recorded for the refused submissions
+
+
+def test_choice_task_file_is_an_artifact_in_the_cache_key_and_lineage(cli: CLI, trained_lm: Path,
+                                                                      tmp_path: Path) -> None:
+    cli("models", "import", trained_lm, "--name", "tiny")
+    mc = tmp_path / "mc.jsonl"
+    lines = (ROOT / "tests" / "data" / "python_mc.jsonl").read_text().splitlines()
+    mc.write_text("\n".join(lines[:4]) + "\n")
+    spec = {"kind": "eval", "inputs": {"model": "tiny"}, "tasks": [{"type": "choice", "file": str(mc)}],
+            "threads": 1}
+    first = cli.submit(spec)
+    assert first["status"] == "succeeded" and not first["cache_hit"]
+    _, shown, _ = cli("runs", "show", first["run_id"], "--json")
+    shown = json.loads(shown)
+    from bitsmith.platform.digests import sha256_file
+
+    digest = sha256_file(mc)
+    assert json.dumps(shown).count(digest) >= 2  # in the resolved spec and as the task_file.0 input
+    assert str(mc) not in json.dumps(shown["run"]["spec"] if "run" in shown else shown.get("spec", {}))
+    _, lineage, _ = cli("lineage", f"run:{first['run_id']}", "--json")
+    assert digest in lineage
+    mc.write_text("\n".join(lines[4:8]) + "\n")  # the same path, other questions
+    second = cli.submit(spec)
+    assert not second["cache_hit"] and second["status"] == "succeeded"
+    _, shown2, _ = cli("runs", "show", second["run_id"], "--json")
+    assert sha256_file(mc) in shown2 and digest not in shown2
+    code, _, err = cli("submit", cli.spec("m.json", {**spec, "tasks": [{"type": "choice", "file": str(tmp_path)}]}),
+                       "--executor", "local", check=False)
+    assert code == 2 and "tasks[0].file" in err and "directory" in err
+
+
+def test_worker_refuses_a_task_file_that_is_not_a_verified_input(tmp_path: Path) -> None:
+    from bitsmith.platform.errors import SpecError
+    from bitsmith.platform.specs.eval import ChoiceTask
+    from bitsmith.workers.evaluators import EvalEnv
+    from bitsmith.workers.evaluators.choice import choice_file_of
+
+    mc = tmp_path / "mc.jsonl"
+    mc.write_text('{"question": "q", "choices": ["a", "b"], "label": 0}\n')
+    env = EvalEnv(model=None, tokenizer=None, device=None, dtype=None, batch_size=1, seed=0, work_dir=tmp_path,
+                  datasets=[])
+    with pytest.raises(SpecError, match="not a verified input of this run"):
+        choice_file_of(ChoiceTask(file=str(mc)), env)

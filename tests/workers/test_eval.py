@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from bitsmith.platform.context import local_context
+from bitsmith.platform.digests import digest_path
 from bitsmith.platform.errors import DataError
 from bitsmith.platform.specs import parse_spec
 from bitsmith.workers.evaluators.choice import choice_loglikelihoods, read_choice_file, score_choices
@@ -21,6 +22,7 @@ from bitsmith.workers.evaluators.perplexity import (chunk_tokens, document_logli
 from bitsmith.workers.models import load_model_and_tokenizer
 
 MC_FILE = Path(__file__).resolve().parents[1] / "data" / "python_mc.jsonl"
+MC_REF = f"sha256:{digest_path(MC_FILE)}"  # how a submitted spec names the imported task file
 torch.set_num_threads(1)
 
 
@@ -220,14 +222,15 @@ def test_eval_job_writes_metrics_report_samples_and_reusable_logits(trained_lm, 
                  "tasks": [{"type": "token_ppl", "seq_len": 64, "max_chunks": 4},
                            {"type": "word_ppl", "max_docs": 3},
                            {"type": "kl", "split": "test", "seq_len": 64, "max_chunks": 2, "top_k": 8},
-                           {"type": "choice", "file": str(MC_FILE), "limit": 6},
+                           {"type": "choice", "file": MC_REF, "limit": 6},  # a verified input, as on submit
                            {"type": "generation", "data_index": 1, "limit": 4, "n_samples": 4, "k": [1, 4],
                             "temperature": 1.0, "max_new_tokens": 6}]}
     model_copy = tmp_path / "perturbed"
     model, tok = load_model_and_tokenizer(trained_lm)
     perturbed_copy(model, 0.02).save_pretrained(model_copy)
     tok.save_pretrained(model_copy)
-    inputs = {"model": model_copy, "data.0": pydoc_corpus, "data.1": arithmetic_data, "reference": trained_lm}
+    inputs = {"model": model_copy, "data.0": pydoc_corpus, "data.1": arithmetic_data, "reference": trained_lm,
+              "task_file.3": MC_FILE}
     ctx, recorder = local_context(tmp_path / "run", inputs, seed=1)
     out = eval_worker.run(parse_spec(spec_data), ctx)
     ctx.flush_metrics()

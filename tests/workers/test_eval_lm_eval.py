@@ -8,12 +8,14 @@ from pathlib import Path
 import pytest
 
 from bitsmith.platform.context import local_context
+from bitsmith.platform.digests import digest_path
 from bitsmith.platform.specs import parse_spec
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("lm_eval") is None,
                                 reason="lm_eval not installed (optional: pip install lm_eval==0.4.13)")
 
 MC_FILE = Path(__file__).resolve().parents[1] / "data" / "python_mc.jsonl"
+MC_REF = f"sha256:{digest_path(MC_FILE)}"  # how a submitted spec names the imported task file
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +37,8 @@ def test_native_matches_lm_eval_word_ppl_and_choice_accuracy(trained_lm, ppl_doc
         spec = parse_spec({"kind": "eval", "backend": backend, "device": "cpu", "batch_size": 4,
                            "deterministic": True, "inputs": {"model": "m", "data": "d"},
                            "tasks": [{"type": "word_ppl", "seq_len": 64},
-                                     {"type": "choice", "file": str(MC_FILE)}]})
-        ctx, _ = local_context(tmp_path / backend, {"model": trained_lm, "data": ppl_docs})
+                                     {"type": "choice", "file": MC_REF}]})
+        ctx, _ = local_context(tmp_path / backend, {"model": trained_lm, "data": ppl_docs, "task_file.1": MC_FILE})
         out = eval_worker.run(spec, ctx)
         metrics[backend] = out.metrics
         reports[backend] = json.loads(out.artifacts["report"].path.read_text())
@@ -69,7 +71,7 @@ def test_lm_eval_backend_runs_a_quantized_model_in_memory(trained_lm, pydoc_corp
     metrics = {}
     for backend in ("native", "lm_eval"):
         spec = parse_spec({"kind": "eval", "backend": backend, "device": "cpu", "inputs": {"model": "m"},
-                           "tasks": [{"type": "choice", "file": str(MC_FILE)}]})
-        ctx, _ = local_context(tmp_path / backend, {"model": quantized})
+                           "tasks": [{"type": "choice", "file": MC_REF}]})
+        ctx, _ = local_context(tmp_path / backend, {"model": quantized, "task_file.0": MC_FILE})
         metrics[backend] = eval_worker.run(spec, ctx).metrics
     assert metrics["native"] == metrics["lm_eval"]

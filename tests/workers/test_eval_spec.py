@@ -19,7 +19,7 @@ def test_defaults_and_metric_prefixes() -> None:
                     {"type": "generation"}, {"type": "token_ppl", "split": "calibration"}])
     assert s.backend == "native" and s.dtype == "fp32" and s.batch_size == 8
     assert [metric_prefix(t) for t in s.tasks] == ["test/", "test/", "mc/", "gen/", "calibration/"]
-    assert s.input_refs() == {"model": "m", "data": "d"}
+    assert s.input_refs() == {"model": "m", "data": "d", "task_file.2": "x.jsonl"}  # a choice task's file is an input
 
 
 def test_list_of_datasets_becomes_numbered_inputs() -> None:
@@ -51,7 +51,7 @@ def test_invalid_specs_name_the_field(fields: dict, message: str) -> None:
 
 def test_choice_from_file_needs_no_dataset() -> None:
     s = parse_spec({"kind": "eval", "inputs": {"model": "m"}, "tasks": [{"type": "choice", "file": "mc.jsonl"}]})
-    assert s.inputs.data is None and s.input_refs() == {"model": "m"}
+    assert s.inputs.data is None and s.input_refs() == {"model": "m", "task_file.0": "mc.jsonl"}
 
 
 def test_spec_is_frozen() -> None:

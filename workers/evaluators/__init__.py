@@ -32,6 +32,15 @@ class EvalEnv:
     datasets: list[InputArtifact]
     reference: InputArtifact | None = None
     progress: Callable[..., Any] | None = None  # ctx.progress(total=..., desc=...)
+    task_files: dict[str, InputArtifact] = field(default_factory=dict)  # digest -> a verified `task_file.I` input
+
+    def task_file(self, ref: str, where: str) -> InputArtifact:
+        """The verified input whose digest `ref` (`sha256:DIGEST`, a resolved task `file`) names."""
+        found = self.task_files.get(ref.removeprefix("sha256:"))
+        if found is None:
+            raise SpecError(f"{where}: file {ref!r} is not a verified input of this run; expected a task file "
+                            "imported on submit (`bitsmith submit` imports local task files as artifacts)")
+        return found
 
     def dataset(self, index: int) -> InputArtifact:
         if index >= len(self.datasets):

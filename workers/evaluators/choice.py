@@ -75,9 +75,10 @@ def read_choice_file(path: str | Path) -> list[dict[str, Any]]:
 
 
 def choice_file_of(task: ChoiceTask, env: EvalEnv) -> Path:
-    """The JSONL file a task reads: `file`, or the split's file of dataset input `data_index`."""
+    """The verified JSONL file a task reads: its `file` input (a task-file artifact), or the split's file of
+    dataset input `data_index`. A plain local path is refused: no digest would cover its bytes."""
     if task.file is not None:
-        return Path(task.file).expanduser().resolve()
+        return env.task_file(task.file, f"tasks ({metric_prefix(task).rstrip('/')})").path
     from bitsmith.workers.data.datasets import split_file
 
     return split_file(env.dataset(task.data_index).path, task.split)
