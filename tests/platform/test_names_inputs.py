@@ -262,3 +262,40 @@ def test_worker_refuses_a_task_file_that_is_not_a_verified_input(tmp_path: Path)
                   datasets=[])
     with pytest.raises(SpecError, match="not a verified input of this run"):
         choice_file_of(ChoiceTask(file=str(mc)), env)
+
+
+def test_names_on_both_databases(db) -> None:
+    """The store itself (SQLite and PostgreSQL): registrations, RUN_NAME/ROLE, and '/' refused for imports."""
+    import hashlib
+
+    from bitsmith.platform.errors import NotFoundError, UsageError
+    from bitsmith.platform.store import (add_run_outputs, create_run, create_sweep, get_sweep, register_artifact,
+                                         resolve_artifact_ref, transition)
+    from bitsmith.platform.store.records import FAILED, RUNNING, SUCCEEDED
+
+    def artifact(text: str, name: str | None = None, producer: str | None = None) -> str:
+        return register_artifact(db, digest=hashlib.sha256(text.encode()).hexdigest(), kind="result", name=name,
+                                 uri=f"file:///a/{text}", size_bytes=1, producer_run_id=producer).digest
+
+    def run(name: str, output: str, status: str) -> None:
+        r = create_run(db, kind="noop", name=name, spec={}, spec_hash="h", cache_key=name + output, seed=0,
+                       code_version={}, inputs={})
+        transition(db, r.id, RUNNING, attempt=1)
+        add_run_outputs(db, r.id, {"result": artifact(output, producer=r.id)})
+        transition(db, r.id, status)
+
+    a, b = artifact("A", "x"), artifact("B", "x")
+    artifact("A", "x")
+    assert resolve_artifact_ref(db, "x").digest == a  # the newest registration, not the row's first time
+    run("r", "A", SUCCEEDED)
+    run("r", "B", SUCCEEDED)
+    run("r", "C", FAILED)
+    assert resolve_artifact_ref(db, "r/result").digest == b
+    run("r", "A", SUCCEEDED)
+    assert resolve_artifact_ref(db, "r/result").digest == a
+    with pytest.raises(NotFoundError, match="has no output 'model'"):
+        resolve_artifact_ref(db, "r/model")
+    with pytest.raises(UsageError, match="name 'r/result'.*'/'"):
+        artifact("D", "r/result")
+    sweep = create_sweep(db, name="s", spec={}, resolved_inputs={"x": a})
+    assert get_sweep(db, sweep.id).resolved_inputs == {"x": a}
