@@ -184,32 +184,37 @@ def cancel_runs(ctx: click.Context, run_refs: tuple[str, ...]) -> None:
 @runs.command("recover")
 @click.argument("run_refs", nargs=-1)
 @click.option("--executor", type=click.Choice(["ray", "local"]), default="ray", show_default=True,
-              help="how re-queued runs are run again")
-@click.option("--wait", is_flag=True, help="run the re-queued runs in this process instead of a detached runner")
+              help="how re-queued and adopted runs are run")
+@click.option("--wait", is_flag=True, help="run them in this process instead of a detached runner")
 @json_option
 @click.pass_context
 def recover_runs(ctx: click.Context, run_refs: tuple[str, ...], executor: str, wait: bool, as_json: bool) -> None:
-    """Re-queue (while retries last) or fail running runs whose lease expired: their worker, node or
-    submitting process died. All such runs, or only RUN_REFS. Re-queued runs are dispatched again."""
+    """Re-queue (while retries last) or fail running runs whose lease expired (their worker, node or
+    submitting process died), and adopt queued runs whose dispatcher is gone (e.g. a runner killed before
+    it claimed them). All such runs, or only RUN_REFS. Re-queued and adopted runs are dispatched again."""
     from .. import store
     from ..scheduler.ray_executor import EXECUTORS
     from .common import settings_from
     from .submit import spawn_runner
 
     db = open_db(ctx)
+    settings = settings_from(ctx)
     ids = [store.get_run(db, ref).id for ref in run_refs] if run_refs else None
     recovered = store.recover_expired(db, run_ids=ids)
+    adopted = store.adopt_orphans(db, owner=store.lease_owner(), lease_s=settings.lease_s, run_ids=ids)
+    recovered += [store.Recovery(run, store.ledger.ADOPTED, f"queued, but its dispatcher "
+                                 f"{run.lease_owner or '(none)'} is gone") for run in adopted]
     for r in recovered:
         info(f"run {r.run.id}: {r.action}: {r.reason}")
-    requeued = [r.run.id for r in recovered if r.action == store.ledger.REQUEUED]
+    dispatch = [r.run.id for r in recovered if r.action in (store.ledger.REQUEUED, store.ledger.ADOPTED)]
     if not recovered:
-        info("no running run has an expired lease")
+        info("no running run has an expired lease and no queued run lost its dispatcher")
     finals: dict[str, str] = {}
-    if requeued and wait:
-        finals = EXECUTORS[executor](requeued, settings_from(ctx))
-    elif requeued:
-        pid = spawn_runner(requeued, settings_from(ctx), executor)
-        info(f"re-queued runs dispatched by runner pid {pid}; follow with: bitsmith runs list --status running")
+    if dispatch and wait:
+        finals = EXECUTORS[executor](dispatch, settings)
+    elif dispatch:
+        pid = spawn_runner(dispatch, settings, executor)
+        info(f"runs dispatched by runner pid {pid}; follow with: bitsmith runs list --status running")
     if as_json:
         emit_json([{"run_id": r.run.id, "action": r.action, "reason": r.reason,
                     "final_status": finals.get(r.run.id)} for r in recovered])

@@ -92,7 +92,8 @@ def execute_and_wait(run_ids: list[str], settings: Any, executor: str) -> dict[s
 
 
 def spawn_runner(run_ids: list[str], settings: Any, executor: str) -> int:
-    """Start a detached runner that owns the runs until they finish; returns its PID."""
+    """Start a detached runner that owns the runs until they finish (their dispatch lease is handed to it at
+    once, so they are orphans as soon as it dies); returns its PID."""
     log_path = settings.runs_dir / run_ids[0] / "runner.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "bitsmith.platform.scheduler.runner", "--executor", executor, *run_ids]
@@ -102,6 +103,10 @@ def spawn_runner(run_ids: list[str], settings: Any, executor: str) -> int:
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True)
+    from .. import store
+
+    store.hold_dispatch(store.open_database(settings.db_url), run_ids, owner=store.lease_owner(pid=proc.pid),
+                        lease_s=settings.lease_s)
     return proc.pid
 
 

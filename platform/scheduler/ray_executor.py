@@ -4,9 +4,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,29 @@ from .execute import execute_run, utcnow
 log = logging.getLogger(__name__)
 POLL_S = 0.2
 CONTROL_EVERY_S = 2.0
+
+
+@contextlib.contextmanager
+def dispatching(db: Any, run_ids: list[str], lease_s: float) -> Iterator[None]:
+    """Hold the dispatch lease of `run_ids` while they wait to be claimed: this process is their dispatcher
+    (renewed every lease_s/3 from a daemon thread); if it dies, they become orphans `runs recover` adopts."""
+    owner, stop = store.lease_owner(), threading.Event()
+    store.hold_dispatch(db, run_ids, owner=owner, lease_s=lease_s)
+
+    def renew() -> None:
+        while not stop.wait(lease_s / 3):
+            try:
+                store.hold_dispatch(db, run_ids, owner=owner, lease_s=lease_s)
+            except Exception as exc:  # the database is unreachable: try again at the next beat
+                log.warning("dispatch lease of %d runs: renewal failed: %s", len(run_ids), exc)
+
+    thread = threading.Thread(target=renew, name="bitsmith-dispatch-lease", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None, log_to_driver: bool = True) -> None:
@@ -190,20 +214,28 @@ def run_on_ray(run_ids: list[str], settings: Settings, *,
     batch = _Dispatch(db=db, settings=settings, remote=ray.remote(execute_run), waiting=deque(run_ids),
                       max_in_flight=max_in_flight, on_finish=on_finish)
     try:
-        batch.fill()
-        last_control = time.monotonic()
-        while batch.in_flight:
-            done, _ = ray.wait(list(batch.in_flight), num_returns=1, timeout=POLL_S)  # refill a slot at once
-            for ref in done:
-                batch.collect(ref)
-            if time.monotonic() - last_control > CONTROL_EVERY_S:
-                last_control = time.monotonic()
-                batch.control()
-            batch.fill()
+        with dispatching(db, run_ids, settings.lease_s):
+            _drive(batch)
     except KeyboardInterrupt:  # the submitting process is stopping: don't leave runs "running" forever
         batch.cancel_all("interrupted: the submitting process was stopped")
         raise
     return batch.finals
+
+
+def _drive(batch: _Dispatch) -> None:
+    """Keep the batch's slots full until every run ended."""
+    import ray
+
+    batch.fill()
+    last_control = time.monotonic()
+    while batch.in_flight:
+        done, _ = ray.wait(list(batch.in_flight), num_returns=1, timeout=POLL_S)  # refill a slot at once
+        for ref in done:
+            batch.collect(ref)
+        if time.monotonic() - last_control > CONTROL_EVERY_S:
+            last_control = time.monotonic()
+            batch.control()
+        batch.fill()
 
 
 def run_locally(run_ids: list[str], settings: Settings, *,
@@ -211,10 +243,11 @@ def run_locally(run_ids: list[str], settings: Settings, *,
                 max_in_flight: int | None = None) -> dict[str, str]:
     """The local executor: the same task body, in this process, one run after another."""
     finals = {}
-    for run_id in run_ids:
-        finals[run_id] = execute_run(run_id, settings)
-        if on_finish:
-            on_finish(run_id, finals[run_id])
+    with dispatching(store.open_database(settings.db_url), run_ids, settings.lease_s):
+        for run_id in run_ids:
+            finals[run_id] = execute_run(run_id, settings)
+            if on_finish:
+                on_finish(run_id, finals[run_id])
     return finals
 
 

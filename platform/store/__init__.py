@@ -6,8 +6,9 @@ from .artifacts import (artifact_consumers, find_artifacts, get_artifact, list_a
                         resolve_artifact_ref)
 from .engine import (Database, current_revision, dispose_engines, downgrade_database, head_revision, open_database,
                      upgrade_database)
-from .ledger import (Recovery, add_attempt_inputs, add_attempt_outputs, attempt_is_dead, complete_run, expired_runs,
-                     lease_owner, lease_values, log_attempt_metrics, owner_is_gone, recover_expired, renew_lease,
+from .leases import lease_owner, lease_values, owner_is_gone
+from .ledger import (Recovery, add_attempt_inputs, add_attempt_outputs, adopt_orphans, attempt_is_dead, complete_run,
+                     expired_runs, hold_dispatch, log_attempt_metrics, orphaned_runs, recover_expired, renew_lease,
                      retry_or_fail)
 from .lineage import LineageGraph, lineage
 from .metrics import final_metrics, get_metrics, log_metrics
@@ -20,8 +21,9 @@ from .sweeps import create_sweep, get_sweep, set_sweep_status
 __all__ = [
     "ArtifactRecord", "Database", "IllegalTransition", "LineageGraph", "MetricRecord", "RunArtifactEdge",
     "Recovery", "RunEventRecord", "RunRecord", "SweepRecord",
-    "add_attempt_inputs", "add_attempt_outputs", "attempt_is_dead", "complete_run", "expired_runs", "lease_owner", "lease_values",
-    "log_attempt_metrics", "owner_is_gone", "recover_expired", "renew_lease", "retry_or_fail",
+    "add_attempt_inputs", "add_attempt_outputs", "adopt_orphans", "attempt_is_dead", "complete_run", "expired_runs",
+    "hold_dispatch", "lease_owner", "lease_values", "log_attempt_metrics", "orphaned_runs", "owner_is_gone",
+    "recover_expired", "renew_lease", "retry_or_fail",
     "add_run_inputs", "add_run_outputs", "artifact_consumers", "create_run", "create_sweep", "current_revision", "dispose_engines",
     "downgrade_database", "final_metrics", "find_artifacts", "find_cached_run", "get_artifact", "get_metrics",
     "get_run", "get_sweep", "head_revision", "lineage", "list_artifacts", "list_runs", "log_metrics", "new_id",

@@ -7,61 +7,40 @@ change that ends or repeats an attempt is compare-and-set on (status, attempt), 
 makes while it runs (metrics, checkpoints, derived artifacts, extra inputs) first checks, inside the write's
 own transaction and under the run row's lock, that the attempt still holds the run: an attempt that lost its
 lease can no longer record outputs, metrics or a status, so nothing is recorded twice.
+
+A queued run has an owner with a lease too: its dispatcher (the process that created or re-queued it, then
+the runner or driver that will run it, which renews it while the run waits). A queued run whose dispatcher
+is gone (lease run out, or its process dead on this host) is an orphan: `adopt_orphans` takes it over so
+that it is dispatched again. All lease times are the database's clock (`store.clock`).
 """
 from __future__ import annotations
 
-import os
-import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, insert, select, update
+from sqlalchemy import Connection, and_, insert, or_, select, update
 
+from ..config import default_lease_s
 from .clock import db_clock
+from .leases import lease_owner, lease_values, owner_is_gone
 from .engine import Database, write
 from .metrics import insert_metrics
 from .records import FAILED, QUEUED, RUNNING, SUCCEEDED, RunRecord
 from .runs import IllegalTransition, run_from_row, transition, upsert_edges
 from .schema import run_events_t, run_inputs_t, run_outputs_t, runs_t, utcnow
 
-REQUEUED, FAILED_OUT = "requeued", "failed"
+REQUEUED, FAILED_OUT, ADOPTED = "requeued", "failed", "adopted"
 
 
 @dataclass(frozen=True)
 class Recovery:
-    """What happened to a run whose attempt was lost: re-queued for a retry, or failed for good."""
+    """What happened to a run whose attempt (or dispatcher) was lost: re-queued for a retry, failed for good,
+    or (queued) adopted by a new dispatcher."""
 
     run: RunRecord
-    action: str            # REQUEUED | FAILED_OUT
+    action: str            # REQUEUED | FAILED_OUT | ADOPTED
     reason: str
-
-
-def lease_owner(node: str | None = None) -> str:
-    """`host:pid` of this process (and `@node`, a Ray node id, when given)."""
-    owner = f"{socket.gethostname()}:{os.getpid()}"
-    return f"{owner}@{node}" if node else owner
-
-
-def owner_is_gone(owner: str | None) -> bool:
-    """True when `owner` names a process on this host that no longer exists (no need to wait for its lease)."""
-    if not owner or ":" not in owner:
-        return False
-    host, rest = owner.split(":", 1)
-    if host != socket.gethostname():
-        return False
-    try:
-        os.kill(int(rest.split("@", 1)[0]), 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, ValueError):
-        return False
-    return False
-
-
-def lease_values(owner: str, lease_s: float) -> dict[str, Any]:
-    """Column values that give `owner` a lease of `lease_s` seconds, stamped on the database's clock."""
-    return {"lease_owner": owner, "heartbeat_at": db_clock(), "lease_expires_at": db_clock(lease_s)}
 
 
 def attempt_is_dead(db: Database, run: RunRecord) -> bool:
@@ -162,10 +141,10 @@ def retry_or_fail(db: Database, run: RunRecord, reason: str) -> Recovery | None:
     """
     retries_left = run.max_retries - (run.attempt - 1)
     try:
-        if retries_left > 0:
+        if retries_left > 0:  # this process dispatches it again, or its lease runs out and it is an orphan
             message = f"{reason}; re-queued for attempt {run.attempt + 1} of {run.max_retries + 1}"
             new = transition(db, run.id, QUEUED, message=message, expected_from={RUNNING},
-                             expected_attempt=run.attempt)
+                             expected_attempt=run.attempt, **lease_values(lease_owner(), default_lease_s()))
             return Recovery(new, REQUEUED, message)
         message = f"{reason}; retries used up ({run.max_retries})"
         new = transition(db, run.id, FAILED, message=message, error=message, expected_from={RUNNING},
@@ -200,3 +179,44 @@ def recover_expired(db: Database, run_ids: Iterable[str] | None = None, after_s:
         if outcome is not None:
             recovered.append(outcome)
     return recovered
+
+
+def hold_dispatch(db: Database, run_ids: Iterable[str], *, owner: str, lease_s: float) -> int:
+    """Make `owner` the dispatcher of those of `run_ids` still queued, for `lease_s` seconds; the count."""
+    ids = list(run_ids)
+
+    def body(conn: Connection) -> int:
+        result = conn.execute(update(runs_t).where(runs_t.c.id.in_(ids), runs_t.c.status == QUEUED)
+                              .values(**lease_values(owner, lease_s)))
+        return result.rowcount
+
+    return write(db, body) if ids else 0
+
+
+def orphaned_runs(db: Database, run_ids: Iterable[str] | None = None) -> list[RunRecord]:
+    """Queued runs whose dispatcher is gone: no lease, a lease run out, or an owner process dead on this host."""
+    query = select(runs_t).where(runs_t.c.status == QUEUED)
+    if run_ids is not None:
+        query = query.where(runs_t.c.id.in_(list(run_ids)))
+    lapsed = or_(runs_t.c.lease_expires_at.is_(None), runs_t.c.lease_expires_at < db_clock())
+    with db.transaction() as conn:
+        rows = [(run_from_row(r), bool(r.lapsed)) for r in conn.execute(
+            query.add_columns(lapsed.label("lapsed")).order_by(runs_t.c.created_at))]
+    return [run for run, lapsed_ in rows if lapsed_ or owner_is_gone(run.lease_owner)]
+
+
+def adopt_orphans(db: Database, *, owner: str, lease_s: float,
+                  run_ids: Iterable[str] | None = None) -> list[RunRecord]:
+    """Make `owner` the dispatcher of every orphaned queued run (compare-and-set on its previous owner, so of
+    two adopters one wins); returns the runs adopted, which `owner` must now dispatch."""
+    adopted = []
+    for run in orphaned_runs(db, run_ids):
+        def body(conn: Connection, run: RunRecord = run) -> bool:
+            result = conn.execute(update(runs_t).where(
+                runs_t.c.id == run.id, runs_t.c.status == QUEUED,
+                runs_t.c.lease_owner.is_not_distinct_from(run.lease_owner)).values(**lease_values(owner, lease_s)))
+            return result.rowcount == 1
+
+        if write(db, body):
+            adopted.append(run)
+    return adopted

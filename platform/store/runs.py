@@ -13,8 +13,10 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
+from ..config import default_lease_s
 from ..errors import BitsmithError, NotFoundError, StoreError, UsageError
 from .engine import Database, read, write
+from .leases import lease_owner, lease_values
 from .metrics import insert_metrics, select_final_metrics
 from .records import (CANCELLED, QUEUED, RUN_STATUSES, RUNNING, SUCCEEDED, TERMINAL_STATUSES, TRANSITIONS,
                       RunArtifactEdge, RunEventRecord, RunRecord, new_id)
@@ -58,16 +60,27 @@ def create_run(db: Database, *, kind: str, name: str | None, spec: dict[str, Any
                max_retries: int = 0, inputs: Mapping[str, str] | None = None, sweep_id: str | None = None,
                cache_hit_of: str | None = None, status: str = QUEUED, run_id: str | None = None,
                message: str | None = None) -> RunRecord:
-    """Insert a run, its input edges (role -> digest) and its first run event in one transaction."""
+    """Insert a run, its input edges (role -> digest) and its first run event in one transaction.
+
+    A queued run gets this process as its dispatcher, with a lease (`BITSMITH_LEASE_S`) on the database's
+    clock: whoever runs it takes that over (`store.hold_dispatch`); if nobody does, it becomes an orphan that
+    `bitsmith runs recover` adopts.
+    """
     values, edges, event = _new_run_rows(
         kind=kind, name=name, spec=spec, spec_hash=spec_hash, cache_key=cache_key, seed=seed,
         code_version=code_version, tags=tags, executor=executor, max_retries=max_retries, inputs=inputs,
         sweep_id=sweep_id, cache_hit_of=cache_hit_of, status=status, run_id=run_id, message=message)
+    if status == QUEUED:
+        values.update(lease_values(lease_owner(), default_lease_s()))
+
+    def body(conn: Connection) -> RunRecord:
+        _insert_run(conn, values, edges, event)
+        return run_from_row(conn.execute(select(runs_t).where(runs_t.c.id == values["id"])).one())
+
     try:
-        write(db, lambda conn: _insert_run(conn, values, edges, event))
+        return write(db, body)
     except IntegrityError as exc:
         raise _integrity_error(db, f"run {values['id']}", exc, inputs or {}, sweep_id, cache_hit_of) from None
-    return run_from_row(values)
 
 
 def record_cache_hit(db: Database, original_id: str, *, kind: str, name: str | None, spec: dict[str, Any],
@@ -127,7 +140,7 @@ def _new_run_rows(*, kind: str, name: str | None, spec: dict[str, Any], spec_has
 
 
 def _insert_run(conn: Connection, values: dict[str, Any], edges: list[dict], event: dict[str, Any]) -> None:
-    conn.execute(insert(runs_t), values)
+    conn.execute(insert(runs_t).values(**values))  # .values(): a queued run's lease columns are SQL (db_clock)
     if edges:
         conn.execute(insert(run_inputs_t), edges)
     conn.execute(insert(run_events_t), event)

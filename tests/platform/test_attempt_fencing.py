@@ -2,6 +2,7 @@
 written whole; leases follow the database's clock; orphaned queued runs are adopted; identical submissions join."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -194,3 +195,51 @@ def test_leases_follow_the_database_clock_not_a_skewed_machine_clock(db, monkeyp
     assert [r.id for r in store.expired_runs(db)] == [short.id]  # its lease still runs out, 1 s later
     assert [r.run.id for r in store.recover_expired(db)] == [short.id]
     assert store.get_run(db, live.id).status == "running"
+
+
+def bitsmith(home: Path, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
+    """The real CLI in a subprocess, on an isolated home (SQLite + local artifacts)."""
+    full_env = {**os.environ, "BITSMITH_HOME": str(home), "RAY_USAGE_STATS_ENABLED": "0", "BITSMITH_NO_PROGRESS": "1",
+                "COLUMNS": "200", "BITSMITH_LEASE_S": "2", **env}
+    for key in ("BITSMITH_DB_URL", "BITSMITH_ARTIFACT_ROOT"):
+        full_env.pop(key, None)
+    proc = subprocess.run([sys.executable, "-m", "bitsmith.platform.cli.main", *args], env=full_env,
+                          capture_output=True, text=True, timeout=300)
+    assert not check or proc.returncode == 0, f"bitsmith {' '.join(args)}: {proc.returncode}\n{proc.stderr}"
+    return proc
+
+
+def runner_pids(run_id: str) -> list[int]:
+    """PIDs of the detached runners whose command line names `run_id`."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if b"bitsmith.platform.scheduler.runner" in cmdline and run_id.encode() in cmdline:
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_a_runner_killed_before_it_claims_its_run_leaves_an_orphan_that_recover_runs(tmp_path: Path):
+    home = tmp_path / "home"
+    spec = tmp_path / "orphan.yaml"
+    spec.write_text("kind: noop\nname: orphan\npayload: orphan\n")
+    submitted = bitsmith(home, "submit", str(spec), "--executor", "local", BITSMITH_TEST_RUNNER_DELAY_S="60")
+    run_id = submitted.stdout.split()[-1]
+    (runner,) = runner_pids(run_id)
+    os.kill(runner, signal.SIGKILL)  # the detached runner dies before it claims its run
+    wait_for(lambda: not runner_pids(run_id), "the runner to die", timeout_s=10)
+
+    def orphan_reported():
+        report = json.loads(bitsmith(home, "db", "check", "--json", check=False).stdout)
+        return [p for p in report["problems"] if p["ref"] == run_id]
+
+    (problem,) = wait_for(orphan_reported, "db check to report the orphan", timeout_s=20)
+    assert problem["what"] == "run" and "still queued but its dispatcher" in problem["issue"]
+    recovered = json.loads(bitsmith(home, "runs", "recover", "--executor", "local", "--wait", "--json").stdout)
+    assert [(r["run_id"], r["action"], r["final_status"]) for r in recovered] == [(run_id, "adopted", SUCCEEDED)]
+    shown = json.loads(bitsmith(home, "runs", "show", run_id, "--json").stdout)
+    assert shown["run"]["status"] == SUCCEEDED and [o["role"] for o in shown["outputs"]] == ["result"]
+    assert json.loads(bitsmith(home, "db", "check", "--json").stdout)["ok"]

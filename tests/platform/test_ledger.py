@@ -53,7 +53,8 @@ def test_expired_lease_requeues_while_retries_last_then_fails_with_the_reason(db
     (first,) = store.recover_expired(db, after_s=10)
     assert first.action == "requeued" and "lease expired" in first.reason and "host-a:1" in first.reason
     again = store.get_run(db, run.id)
-    assert again.status == QUEUED and again.lease_expires_at is None and again.attempt == 1
+    assert again.status == QUEUED and again.attempt == 1
+    assert again.lease_owner == store.lease_owner() and again.lease_expires_at > utcnow()  # its new dispatcher
     claim(db, again, "host-b:2", lease_s=5)
     (second,) = store.recover_expired(db, after_s=20)
     final = store.get_run(db, run.id)
