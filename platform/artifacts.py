@@ -71,7 +71,7 @@ def temp_name(prefix: str = "") -> str:
     return f"{prefix}{os.getpid()}.{HOST_TAG}.{uuid.uuid4().hex[:12]}"
 
 
-def _remote_fs(root: str) -> tuple[Any, str]:
+def remote_fs(root: str) -> tuple[Any, str]:
     import fsspec
 
     fs, base = fsspec.core.url_to_fs(root)
@@ -206,7 +206,7 @@ def _drop_local(root_dir: Path, final: Path) -> None:
 
 def _put_remote(root: str, src: Path, digest: str, size: int, is_dir: bool) -> None:
     """Upload to `ROOT/tmp/`, then move file by file into place (never a folder onto a folder)."""
-    fs, base = _remote_fs(root)
+    fs, base = remote_fs(root)
     final = f"{base}/objects/{digest[:2]}/{digest}"
     if _remote_intact(root, fs, final, digest, size, is_dir):
         return
@@ -306,7 +306,7 @@ def _set_suspect(root: str, digest: str, on: bool) -> None:
         else:
             mark.unlink(missing_ok=True)
         return
-    fs, base = _remote_fs(root)
+    fs, base = remote_fs(root)
     mark = f"{base}/suspect/{digest}"
     if on:
         fs.makedirs(f"{base}/suspect", exist_ok=True)
@@ -318,7 +318,7 @@ def _set_suspect(root: str, digest: str, on: bool) -> None:
 def _is_suspect(root: str, digest: str) -> bool:
     if is_local(root):
         return (local_root(root) / "suspect" / digest).exists()
-    fs, base = _remote_fs(root)
+    fs, base = remote_fs(root)
     return fs.exists(f"{base}/suspect/{digest}")
 
 
@@ -358,7 +358,7 @@ def materialize(root: str, digest: str, cache_dir: Path, *, verify: bool = True,
 
 def _fetch(root: str, digest: str, path: Path) -> None:
     """Download the object into the cache (temp, sealed read-only, renamed; a concurrent fetch wins harmlessly)."""
-    fs, base = _remote_fs(root)
+    fs, base = remote_fs(root)
     remote = f"{base}/objects/{digest[:2]}/{digest}"
     if not fs.exists(remote):
         raise ArtifactError(f"artifact {digest[:12]}: bytes missing at {object_uri(root, digest)}")
@@ -413,7 +413,7 @@ def verify_stored(root: str, digest: str, digest_version: int | None = None) -> 
     if is_local(root):
         materialize(root, digest, Path(), digest_version=digest_version)
         return
-    fs, base = _remote_fs(root)
+    fs, base = remote_fs(root)
     remote = f"{base}/objects/{digest[:2]}/{digest}"
     if not fs.exists(remote):
         raise ArtifactError(f"artifact {digest[:12]}: bytes missing at {object_uri(root, digest)}")
@@ -433,7 +433,7 @@ def stored_exists(root: str, digest: str) -> bool:
     _check_digest(digest)
     if is_local(root):
         return os.path.lexists(local_root(root) / "objects" / digest[:2] / digest)
-    fs, base = _remote_fs(root)
+    fs, base = remote_fs(root)
     return fs.exists(f"{base}/objects/{digest[:2]}/{digest}")
 
 
@@ -447,7 +447,7 @@ def drop_object(root: str, digest: str, cache_dir: Path | None = None) -> None:
         if os.path.lexists(final):
             _drop_local(local_root(root), final)
     else:
-        fs, base = _remote_fs(root)
+        fs, base = remote_fs(root)
         remote = f"{base}/objects/{digest[:2]}/{digest}"
         if fs.exists(remote):
             fs.rm(remote, recursive=True)

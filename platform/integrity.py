@@ -16,12 +16,15 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from . import store
-from .artifacts import (HOST_TAG, drop_object, is_local, local_root, remove_tree, stored_exists,
+from .artifacts import (HOST_TAG, drop_object, is_local, local_root, remote_fs, remove_tree, stored_exists,
                         verify_stored)
 from .config import Settings
 from .errors import ArtifactError
@@ -60,11 +63,11 @@ def check_store(db: Any, settings: Settings, *, verify_bytes: bool = True, repai
     for art in store.list_artifacts(db, limit=None):
         report.artifacts_checked += 1
         report.problems.extend(_check_object(settings, art, verify_bytes, repair))
-    for path, age in stale_leftovers(settings, grace_s):
+    for leftover in stale_leftovers(settings, grace_s):
         if repair:
-            remove_tree(path)
-        report.problems.append(Problem("leftover", str(path), f"temp left by an interrupted write, untouched for "
-                                       f"{age:.0f}s{'; removed' if repair else ''}", repaired=repair))
+            leftover.remove()
+        report.problems.append(Problem("leftover", leftover.where, f"temp left by an interrupted write, untouched "
+                                       f"for {leftover.age_s:.0f}s{'; removed' if repair else ''}", repaired=repair))
     expired = {r.id for r in store.expired_runs(db)}
     orphaned = {r.id for r in store.orphaned_runs(db)}
     for run in store.list_runs(db, limit=None):
@@ -99,20 +102,48 @@ def _check_object(settings: Settings, art: Any, verify_bytes: bool, repair: bool
     return []
 
 
-def stale_leftovers(settings: Settings, grace_s: float = TEMP_GRACE_S) -> list[tuple[Path, float]]:
-    """(path, seconds since last modified) of temp entries no live write owns (see the module docstring)."""
+@dataclass(frozen=True)
+class Leftover:
+    where: str                    # a local path, or a URL under a remote root
+    age_s: float                  # seconds since anything under it was modified
+    remove: Callable[[], None]
+
+
+def stale_leftovers(settings: Settings, grace_s: float = TEMP_GRACE_S) -> list[Leftover]:
+    """Temp entries no live write owns (see the module docstring), local and under a remote root's `tmp/`."""
     candidates: list[Path] = []
     if is_local(settings.artifact_root):
         candidates += _children(local_root(settings.artifact_root) / "tmp")
     candidates += [p for p in _children(settings.home / "cache") if p.name.startswith(".")]
     candidates += [p for p in _children(settings.home) if p.name.startswith(IMPORT_STAGING)]
     now = time.time()
+    found = [Leftover(str(path), now - _newest_mtime(path), partial(remove_tree, path)) for path in candidates]
+    if not is_local(settings.artifact_root):
+        found += _remote_leftovers(settings.artifact_root, now)
+    return [f for f in found if f.age_s > grace_s and not _owner_alive(f.where.rsplit("/", 1)[-1])]
+
+
+def _remote_leftovers(root: str, now: float) -> list[Leftover]:
+    fs, base = remote_fs(root)
+    if not fs.exists(f"{base}/tmp"):
+        return []
     found = []
-    for path in candidates:
-        age = now - _newest_mtime(path)
-        if age > grace_s and not _owner_alive(path.name):
-            found.append((path, age))
+    for entry in fs.ls(f"{base}/tmp", detail=True):
+        infos = [entry, *fs.find(entry["name"], detail=True).values()] if entry["type"] == "directory" else [entry]
+        stamps = [_info_time(info) for info in infos]
+        if any(stamp is None for stamp in stamps):
+            continue  # a filesystem that keeps no times: never guess an age
+        found.append(Leftover(f"{root.rstrip('/')}/tmp/{entry['name'].rsplit('/', 1)[-1]}", now - max(stamps),
+                              partial(fs.rm, entry["name"], recursive=True)))
     return found
+
+
+def _info_time(info: dict[str, Any]) -> float | None:
+    """An fsspec entry's modification (or creation) time as a POSIX timestamp, if it keeps one."""
+    stamp = info.get("mtime", info.get("LastModified", info.get("created")))
+    if isinstance(stamp, datetime):
+        return stamp.timestamp()
+    return float(stamp) if isinstance(stamp, (int, float)) else None
 
 
 def _children(folder: Path) -> list[Path]:

@@ -72,14 +72,13 @@ def show_artifact(ctx: click.Context, ref: str, verify: bool, as_json: bool) -> 
     import json
 
     from .. import store
-    from ..artifacts import materialize
+    from ..artifacts import verify_stored
 
     db = open_db(ctx)
     a = store.resolve_artifact_ref(db, ref)
     consumers = store.artifact_consumers(db, a.digest)
     if verify:
-        s = settings_from(ctx)
-        materialize(s.artifact_root, a.digest, s.home / "cache", verify=True)
+        verify_stored(settings_from(ctx).artifact_root, a.digest, a.digest_version)
         info(f"verified: stored bytes hash to {a.digest[:12]}")
     if as_json:
         emit_json({"artifact": a, "consumers": consumers})
@@ -106,7 +105,7 @@ def get_artifact(ctx: click.Context, ref: str, dest: Path) -> None:
 
     s = settings_from(ctx)
     a = store.resolve_artifact_ref(open_db(ctx), ref)
-    src = materialize(s.artifact_root, a.digest, s.home / "cache", verify=True)
+    src = materialize(s.artifact_root, a.digest, s.home / "cache", verify=True, digest_version=a.digest_version)
     out = copy_out(src, dest)
     info(f"copied {a.kind} {a.digest[:12]} to {out}")
     click.echo(str(out))

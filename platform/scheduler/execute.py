@@ -169,7 +169,7 @@ def _build_context(db: Any, run: RunRecord, spec: Any, settings: Settings, lost:
     inputs: dict[str, InputArtifact] = {}
     for edge in store.run_inputs(db, run.id):
         rec = store.get_artifact(db, edge.digest)
-        path = materialize(settings.artifact_root, rec.digest, cache_dir)
+        path = materialize(settings.artifact_root, rec.digest, cache_dir, digest_version=rec.digest_version)
         inputs[edge.role] = InputArtifact(digest=rec.digest, kind=rec.kind, path=path, metadata=rec.metadata)
     resume_path, resume_step = _find_resume_checkpoint(db, run, settings)
     work_dir = settings.runs_dir / run.id / f"attempt-{run.attempt}"

@@ -313,9 +313,11 @@ def test_db_check_hashes_the_remote_copy_not_the_local_cache(tmp_path) -> None:
     root = f"local://{tmp_path / 'remote'}"
     cli = CLI(tmp_path / "home", BITSMITH_ARTIFACT_ROOT=root)
     digest = _import(cli, _text_file(tmp_path / "src"))
-    cli("artifacts", "show", digest[:12], "--verify")  # fills the local cache with a good copy
+    cli("artifacts", "get", digest[:12], tmp_path / "copy")  # fills the local cache with a good copy
     assert (cli.home / "cache" / digest).is_dir()
     _corrupt(tmp_path / "remote" / "objects" / digest[:2] / digest, truncate=False)
+    res = cli("artifacts", "show", digest[:12], "--verify", check=False)
+    assert res.returncode == 1 and "corrupted" in res.stderr  # the remote bytes, not the good cached copy
     res = cli("db", "check", check=False)
     assert res.returncode == 1 and "corrupted" in res.stdout
     cli("db", "check", "--repair")
@@ -460,6 +462,20 @@ def test_db_check_reports_and_repair_removes_stale_leftovers_but_spares_live_wri
     assert "2 repaired" in res.stdout
     assert not dead.exists() and not staging.exists() and fresh.exists() and live.exists()
     assert cli("db", "check").returncode == 0
+
+
+def test_leftovers_under_a_remote_roots_tmp_are_reported_and_removed(tmp_path) -> None:
+    root = f"local://{tmp_path / 'remote'}"
+    cli = CLI(tmp_path / "home", BITSMITH_ARTIFACT_ROOT=root)
+    _import(cli, _text_file(tmp_path / "src"))
+    dead = tmp_path / "remote" / "tmp" / "999999.00000000.0123456789ab"
+    _make_dir(dead, {"part/half.bin": "x"})
+    _age(dead, 7200)
+    fresh = _make_dir(tmp_path / "remote" / "tmp" / "888888.00000000.0123456789ab", {"in-flight.bin": "x"})
+    res = cli("db", "check", check=False)
+    assert res.returncode == 1 and f"{root}/tmp/{dead.name}" in res.stdout and fresh.name not in res.stdout
+    cli("db", "check", "--repair")
+    assert not dead.exists() and fresh.exists()
 
 
 def test_a_writer_killed_mid_copy_leaves_a_leftover_that_repair_removes(cli, tmp_path) -> None:
