@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bitsmith.platform.digests import digest_path
+from bitsmith.platform.digests import digest_path, sha256_file
 from bitsmith.platform.errors import DataError
 from bitsmith.workers.data.arithmetic import generate_arithmetic
 from bitsmith.workers.data.corpus import build_builtin_corpus, build_shakespeare_corpus
@@ -67,6 +67,12 @@ def test_malformed_jsonl_names_file_and_line(tmp_path):
     ds = write_dataset(tmp_path / "ds", "prompts", {"train": [{"prompt": "x", "answer": "y"}]}, {})
     (ds / "train.jsonl").chmod(0o644)
     (ds / "train.jsonl").write_text('{"prompt": "x", "answer": "y"}\n{"prompt": "z"}\n')
+    with pytest.raises(DataError, match=r"splits\.train\.file 'train\.jsonl': bytes hash to"):
+        read_split(ds, "train")  # the split no longer matches the hash its artifact.json records
+    meta = json.loads((ds / "artifact.json").read_text())
+    meta["splits"]["train"]["sha256"] = sha256_file(ds / "train.jsonl")
+    (ds / "artifact.json").chmod(0o644)
+    (ds / "artifact.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match=r"train\.jsonl:2: missing field 'answer'"):
         read_split(ds, "train")
     with pytest.raises(DataError, match=rf"{bad}:4"):
