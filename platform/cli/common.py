@@ -54,6 +54,47 @@ def stdout_console() -> Any:
     return Console(soft_wrap=False, width=Console().width if known else 120)
 
 
+# The main column of a fitted table (a name) keeps this many characters a line before columns are dropped,
+# and this many before the others are cut.
+ELASTIC_WIDTH, MIN_ELASTIC_WIDTH = 24, 16
+
+
+def fitted_table(headers: list[str], rows: list[list[str]], *, elastic: str, drop: tuple[str, ...] = (),
+                 shrink: tuple[str, ...] = (), width: int | None = None) -> Any:
+    """A rich table (cells are markup) that fits `width` (default: stdout's) with `elastic` kept readable.
+
+    While `elastic` would get fewer than ELASTIC_WIDTH characters, the columns in `drop` are left out in
+    that order; while it would get fewer than MIN_ELASTIC_WIDTH, those in `shrink` are cut (with an
+    ellipsis) down to 10 characters. `elastic` gets the width left and folds longer values onto more lines.
+    """
+    from rich.table import Table
+    from rich.text import Text
+
+    width = width or stdout_console().width
+    widths = {h: max([len(h)] + [Text.from_markup(row[i]).cell_len for row in rows]) for i, h in enumerate(headers)}
+    shown = list(headers)
+
+    def fixed() -> int:  # what every column but `elastic` takes, borders and padding included
+        return sum(widths[c] for c in shown if c != elastic) + 3 * len(shown) + 1
+
+    for col in drop:
+        if fixed() + min(widths[elastic], ELASTIC_WIDTH) <= width:
+            break
+        shown.remove(col)
+    for col in shrink:
+        excess = fixed() + min(widths[elastic], MIN_ELASTIC_WIDTH) - width
+        if excess > 0 and col in shown:
+            widths[col] = max(widths[col] - excess, 10, len(col))
+    widths[elastic] = max(min(widths[elastic], width - fixed()), min(widths[elastic], MIN_ELASTIC_WIDTH))
+    table = Table()
+    for col in shown:
+        table.add_column(col, width=widths[col], no_wrap=col != elastic,
+                         overflow="fold" if col == elastic else "ellipsis")
+    for row in rows:
+        table.add_row(*[row[headers.index(col)] for col in shown])
+    return table
+
+
 def printable(text: object, *, keep_newlines: bool = False) -> str:
     """`text` with control and format characters (ESC, BEL, bidi overrides, ...) written as visible escapes."""
     def visible(ch: str) -> str:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from .common import (emit_json, fmt_duration, fmt_time, fmt_value, info, json_option, literal, open_db, short,
-                     status_text, stdout_console)
+from .common import (emit_json, fitted_table, fmt_duration, fmt_time, fmt_value, info, json_option, literal,
+                     open_db, short, status_text, stdout_console)
 
 # The metric shown in `runs list` for each kind (first one present wins).
 HEADLINE_METRICS = {
@@ -36,8 +36,6 @@ def runs() -> None:
 def list_runs(ctx: click.Context, kind: str | None, status: str | None, tag: str | None, sweep_id: str | None,
               limit: int, as_json: bool) -> None:
     """Newest runs first, with each kind's headline metric."""
-    from rich.table import Table
-
     from .. import store
 
     db = open_db(ctx)
@@ -46,17 +44,18 @@ def list_runs(ctx: click.Context, kind: str | None, status: str | None, tag: str
     if as_json:
         emit_json([{**_run_brief(r), "metrics": finals.get(r.id, {})} for r in records])
         return
-    table = Table(title=None, show_lines=False)
-    for col in ("id", "kind", "name", "status", "headline", "created", "took", "note"):
-        table.add_column(col, overflow="fold" if col == "name" else "ellipsis", no_wrap=col != "name")
+    rows = []
     for r in records:
         m = finals.get(r.id, {})
         headline = next((f"{k}={fmt_value(m[k])}" for k in HEADLINE_METRICS.get(r.kind, ()) if k in m), "")
         note = f"cache hit of {short(r.cache_hit_of, 10)}" if r.cache_hit_of else (
             f"attempt {r.attempt}" if r.attempt > 1 else "")
-        table.add_row(short(r.id, 12), r.kind, literal(r.name or ""), status_text(r.status), headline,
-                      fmt_time(r.created_at), fmt_duration(r), note)
-    stdout_console().print(table)
+        rows.append([short(r.id, 12), r.kind, literal(r.name or ""), status_text(r.status), literal(headline),
+                     fmt_time(r.created_at), fmt_duration(r), note])
+    # In a narrow terminal the least useful columns go first, so that names stay readable.
+    stdout_console().print(fitted_table(["id", "kind", "name", "status", "headline", "created", "took", "note"],
+                                        rows, elastic="name", drop=("created", "note", "took"),
+                                        shrink=("headline", "kind")))
     if not records:
         info("no runs yet; try: bitsmith submit examples/noop.yaml --wait")
 

@@ -269,3 +269,18 @@ def test_worker_loaders_never_run_code_from_an_artifact(tmp_path, loader: str) -
     proc = subprocess.run([sys.executable, "-c", f"import sys; {loader}", str(model)], input="y\n", cwd=ROOT,
                           capture_output=True, text=True, timeout=120, env={**os.environ, "EVIL_MARKER": str(marker)})
     assert proc.returncode != 0 and not marker.exists(), proc.stderr
+
+
+# -- an 80-column terminal ------------------------------------------------------------------------------------------
+def test_runs_list_keeps_names_readable_at_80_columns(cli) -> None:
+    spec = cli.write_spec("noop.yaml", "kind: noop\nmetrics: 1\n")
+    names = ["quantize-gptq-3bit-g128-calib-pydoc", "eval-gptq-3bit"]
+    for i, name in enumerate(names):
+        _submit(cli, spec, "--set", f"name={name}", "--set", f"seed={i}")
+    _submit(cli, spec, "--set", "name=a-cache-hit", "--set", "seed=0")
+    narrow = cli.__class__(cli.home, {"COLUMNS": "80"})
+    out = narrow("runs", "list").out
+    assert max(len(line) for line in out.splitlines()) <= 80, out
+    for name in names:
+        assert name[:16] in out, out
+    assert "succeeded" in out and "noop" in out
