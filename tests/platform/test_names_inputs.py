@@ -299,3 +299,33 @@ def test_names_on_both_databases(db) -> None:
         artifact("D", "r/result")
     sweep = create_sweep(db, name="s", spec={}, resolved_inputs={"x": a})
     assert get_sweep(db, sweep.id).resolved_inputs == {"x": a}
+
+
+def test_sweep_pins_the_refs_of_every_child_and_of_optuna_choices() -> None:
+    from bitsmith.platform.sweeps import load_sweep_spec, sweep_input_refs
+
+    grid = load_sweep_spec({"kind": "sweep", "base": {"kind": "noop", "inputs": {"data": "a"}},
+                            "parameters": {"inputs.data": ["b", "run-x/result"]}})
+    assert sweep_input_refs(grid) == {"b", "run-x/result"}
+    optuna = load_sweep_spec({"kind": "sweep", "base": {"kind": "noop"}, "strategy": "optuna",
+                              "objectives": [{"metric": "m"}], "optuna": {"trials": 3},
+                              "parameters": {"inputs.data": {"choices": ["c", "d"]}, "sleep_s": [0, 0.1]}})
+    assert sweep_input_refs(optuna) == {"c", "d"}
+
+
+def test_sweep_imports_a_local_task_file_once_and_pins_it(cli: CLI, trained_lm: Path, tmp_path: Path) -> None:
+    from bitsmith.platform.digests import sha256_file
+
+    cli("models", "import", trained_lm, "--name", "tiny")
+    mc = tmp_path / "mc.jsonl"
+    mc.write_text("\n".join((ROOT / "tests" / "data" / "python_mc.jsonl").read_text().splitlines()[:3]) + "\n")
+    digest = sha256_file(mc)
+    sweep = cli.spec("sweep.json", {"kind": "sweep", "base": {"kind": "eval", "inputs": {"model": "tiny"}, "threads": 1,
+                                                               "tasks": [{"type": "choice", "file": str(mc)}]},
+                                    "parameters": {"batch_size": [4]}})
+    _, out, _ = cli("sweep", "run", sweep, "--executor", "local", "--json")
+    (row,) = json.loads(out)["rows"]
+    assert row["status"] == "succeeded"
+    _, shown, _ = cli("runs", "show", row["run_id"], "--json")
+    inputs = {e["role"]: e["digest"] for e in json.loads(shown)["inputs"]}
+    assert inputs["task_file.0"] == digest
