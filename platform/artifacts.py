@@ -10,8 +10,11 @@ Writes (local roots): the copy is made in `ROOT/tmp/`, every file and folder in 
 (files 0o444, folders 0o555) and fsynced, then it is renamed into place and the parent folder is
 fsynced, all before `put_object` returns (so before any row naming it commits). A writer that finds
 the object already there checks it (type and size always, the full digest when it is at most
-`FULL_CHECK_BYTES` or marked suspect) and replaces a bad copy; a directory is replaced by moving the
-bad copy aside first (a reader in that instant sees it missing, as it would have seen it corrupted).
+`FULL_CHECK_BYTES` or marked suspect) and replaces a bad copy: a file by an atomic rename over it, a
+folder by moving the bad copy aside first (a reader in that instant sees it missing, as it would have
+seen it corrupted). Remote roots have no atomic folder rename: a folder is uploaded to `ROOT/tmp/` and
+then moved into place file by file, so concurrent writers (who hold the same bytes) never nest one
+copy inside another.
 Permission bits do not stop root: a worker running as root could still write into an input, which
 the digest check on the next read would then catch.
 """
@@ -109,7 +112,7 @@ def _put_local(root_dir: Path, src: Path, digest: str, size: int, is_dir: bool, 
         else:
             shutil.copy2(src, tmp)
         seal(tmp)
-        if os.path.lexists(final):  # a bad copy (checked above): set it aside, then publish ours
+        if is_dir and os.path.lexists(final):  # a bad folder (checked above): set it aside, then publish ours
             _drop_local(root_dir, final)
         _publish_local(tmp, final, is_dir)
     finally:
@@ -130,7 +133,7 @@ def _publish_local(tmp: Path, final: Path, is_dir: bool) -> None:
             os.chmod(final, 0o555)
             fsync_path(final)
     else:
-        os.replace(tmp, final)  # atomic; a concurrent writer's copy holds the same bytes
+        os.replace(tmp, final)  # atomic, also over a bad copy; a concurrent writer's copy holds the same bytes
     fsync_path(final.parent)
 
 
@@ -144,6 +147,7 @@ def seal(path: Path) -> None:
         os.chmod(path, 0o444)
         fsync_path(path)
         return
+    os.chmod(path, 0o755)  # a copy of a read-only folder arrives read-only
     for dirpath, dirnames, filenames in os.walk(path, topdown=False):
         for name in filenames:
             os.chmod(Path(dirpath) / name, 0o444)

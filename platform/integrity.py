@@ -90,7 +90,8 @@ def check_store(db: Any, settings: Settings, *, verify_bytes: bool = True, repai
 def _check_object(settings: Settings, art: Any, verify_bytes: bool, repair: bool) -> list[Problem]:
     root = settings.artifact_root
     if not verify_bytes:
-        return [] if stored_exists(root, art.digest) else [Problem("artifact", art.digest, f"bytes missing at {art.uri}")]
+        missing = not stored_exists(root, art.digest)
+        return [Problem("artifact", art.digest, f"bytes missing at {art.uri}")] if missing else []
     try:
         verify_stored(root, art.digest, art.digest_version)
     except ArtifactError as exc:

@@ -374,10 +374,30 @@ def _put_many(root: str, src: Path, n: int) -> list:
     return results
 
 
+def _slow_memory_root(name: str) -> str:
+    """A root on fsspec's in-memory filesystem with latency on every file copy and upload (wider races)."""
+    import fsspec
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    class Slow(MemoryFileSystem):
+        protocol = ("slowmem",)
+
+        def cp_file(self, path1, path2, **kwargs):
+            time.sleep(0.005)
+            return super().cp_file(path1, path2, **kwargs)
+
+        def put_file(self, lpath, rpath, **kwargs):
+            time.sleep(0.005)
+            return super().put_file(lpath, rpath, **kwargs)
+
+    fsspec.register_implementation("slowmem", Slow, clobber=True)
+    return f"slowmem://{name}"
+
+
 def test_concurrent_writers_of_one_object_on_a_memory_root_all_succeed(tmp_path) -> None:
     import fsspec
 
-    root = "memory://bitsmith-objects-concurrent"
+    root = _slow_memory_root("bitsmith-objects-concurrent")
     src = _make_dir(tmp_path / "d", {f"f{i}.txt": str(i) * 1000 for i in range(6)} | {"sub/g.txt": "g"})
     results = _put_many(root, src, 8)
     assert len(results) == 8 and all(not isinstance(r, Exception) for r in results), results
@@ -387,21 +407,31 @@ def test_concurrent_writers_of_one_object_on_a_memory_root_all_succeed(tmp_path)
     assert sorted(n[len(final) + 1:] for n in fs.find(final)) == sorted(r for r, _, _ in directory_manifest(src))
     assert remote_digest(fs, final) == [digest]
     assert fs.find(f"{base}/tmp") == []
-    fetched = []
+
+
+def test_concurrent_fetchers_of_one_object_share_one_cached_copy(tmp_path) -> None:
+    """On a `local://` root (fsspec's LocalFileSystem; memory files share one read position, so
+    concurrent readers of the memory filesystem would garble each other)."""
+    root = f"local://{tmp_path / 'remote'}"
+    obj = put_object(root, _make_dir(tmp_path / "d", {f"f{i}.txt": str(i) * 5000 for i in range(10)}))
+    fetched: list = []
     barrier = threading.Barrier(6)
 
     def fetch() -> None:
         barrier.wait()
-        fetched.append(materialize(root, digest, tmp_path / "cache"))
+        try:
+            fetched.append(materialize(root, obj.digest, tmp_path / "cache"))
+        except Exception as exc:  # recorded: the test asserts none happened
+            fetched.append(exc)
 
     threads = [threading.Thread(target=fetch) for _ in range(6)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
-    assert len(fetched) == 6 and len(set(fetched)) == 1
-    verify_object(fetched[0], digest)
-    assert [p.name for p in (tmp_path / "cache").iterdir()] == [digest]
+    assert len(fetched) == 6 and len(set(fetched)) == 1, fetched
+    verify_object(fetched[0], obj.digest)
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [obj.digest]
 
 
 def _put_in_process(root: str, src: str, start: float, queue) -> None:
