@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -48,8 +49,8 @@ def test_user_strings_are_printed_literally(cli, tmp_path) -> None:
     for name, run_id in ids.items():
         _printed_literally(cli("runs", "show", run_id).out, name, "[red]tag")
         _printed_literally(cli("lineage", f"run:{run_id}", "--down").out, name)
-        for fmt in ("dot", "mermaid"):
-            assert "\x1b" not in cli("lineage", f"run:{run_id}", "--down", "--format", fmt).out
+    for fmt in ("dot", "mermaid"):
+        assert "\x1b" not in cli("lineage", f"run:{ids[ODD_NAMES[-1]]}", "--down", "--format", fmt).out
     digests = [cli("models", "import", _model_dir(tmp_path / str(i), **{"artifact.json": json.dumps({"note": name})}),
                    "--name", name).out.strip() for i, name in enumerate(("[bold]x", "a\x1b[31mred"))]
     _printed_literally(cli("artifacts", "list").out, "[bold]x", "a\x1b[31mred", "note=[bold]x")
@@ -70,23 +71,38 @@ def _sweep(cli, *, constraint: str | None = None, parameters: dict | None = None
     return cli.write_spec("sweep.yaml", text)
 
 
-@pytest.mark.parametrize("constraint", [
+CONSTRAINT_ERRORS = [
     "1 / metrics > 0",                  # division by zero
     "metrics % 0 == 1",                 # modulo by zero
     "'a' + metrics == 1",               # type error
     "metrics < 'a'",                    # unorderable
     "'x' * 99999999999 == 'y'",         # a huge string
     "[0] * 99999999999 == [1]",         # a huge list
+    "'%0999999999d' % metrics == 'y'",  # a huge formatted string
     "9**9**9 > 1",                      # exponentiation is not allowed
     "-" * 100_000 + "metrics > 0",      # deep nesting
+    "-" * 990 + "metrics > 0 and 1 / 0",
     "(" * 5_000 + "metrics" + ")" * 5_000 + " > 0",
     " + ".join(["metrics"] * 50_000) + " > 0",
-])
+]
+
+
+@pytest.mark.parametrize("constraint", CONSTRAINT_ERRORS[::3])
 def test_sweep_constraint_errors_are_refused(cli, constraint: str) -> None:
     err = _refused(cli("sweep", "run", _sweep(cli, constraint=constraint), "--executor", "local", check=False),
                    "constraints")
     assert len(err) < 2_000
     assert cli("runs", "list", "--json").json() == []
+
+
+def test_every_constraint_error_is_a_spec_error() -> None:
+    from bitsmith.platform.errors import SpecError
+    from bitsmith.platform.sweeps import check_constraint
+
+    for constraint in CONSTRAINT_ERRORS:
+        with pytest.raises(SpecError, match="^constraints: ") as info:
+            check_constraint(constraint, {"metrics": 0})
+        assert len(str(info.value)) < 300
 
 
 def test_sweep_grid_too_large_to_expand_is_refused(cli) -> None:
@@ -181,17 +197,29 @@ def _objects(cli) -> list[Path]:
     return [p for p in (cli.home / "artifacts").rglob("*") if p.is_file()] if (cli.home / "artifacts").exists() else []
 
 
-@pytest.mark.parametrize("override,field", [
+UNSTORABLE_OVERRIDES = [
     ("timeout_s=nan", "timeout_s"),
     ("timeout_s=.inf", "timeout_s"),
     ("resources.cpus=.nan", "resources.cpus"),
     (f"seed={2**70}", "seed"),
     ("tags=[ok, \"a\\0b\"]", "tags[1]"),
-])
+]
+
+
+@pytest.mark.parametrize("override,field", UNSTORABLE_OVERRIDES[::3])
 def test_unstorable_spec_values_are_refused(cli, override: str, field: str) -> None:
     spec = cli.write_spec("noop.yaml", "kind: noop\n")
     _refused(_submit(cli, spec, "--set", override, check=False), field)
     assert cli("runs", "list", "--json").json() == []
+
+
+def test_every_unstorable_spec_value_is_a_spec_error() -> None:
+    from bitsmith.platform.errors import SpecError
+    from bitsmith.platform.specs import load_spec
+
+    for override, field in UNSTORABLE_OVERRIDES:
+        with pytest.raises(SpecError, match=f"spec: {re.escape(field)}: "):
+            load_spec(base={"kind": "noop"}, overrides=[override])
 
 
 def test_infinite_timeout_in_a_spec_file_is_refused(cli) -> None:
@@ -199,19 +227,22 @@ def test_infinite_timeout_in_a_spec_file_is_refused(cli) -> None:
     _refused(_submit(cli, spec, check=False), str(spec), "timeout_s")
 
 
-@pytest.mark.parametrize("meta,field", [
+UNSTORABLE_METADATA = [
     ('{"bits": NaN}', "NaN"),
     ('{"bits": -Infinity}', "Infinity"),
     (json.dumps({"bits": 2**70}), "metadata.bits"),
     (json.dumps({"note": "a\x00b"}), "metadata.note"),
     ('{"bits": 3, "bits": 4}', "duplicate key 'bits'"),
-])
-def test_unstorable_metadata_is_refused_before_bytes_are_stored(cli, tmp_path, meta: str, field: str) -> None:
+]
+
+
+def test_unstorable_metadata_is_refused_before_bytes_are_stored(cli, tmp_path) -> None:
     ok = cli("models", "import", _model_dir(tmp_path / "ok", **{"artifact.json": '{"bits": 3}'}), "--name", "ok")
-    bad = _model_dir(tmp_path / "bad", **{"artifact.json": meta})
     objects = _objects(cli)
-    _refused(cli("models", "import", bad, check=False), field)
-    assert _objects(cli) == objects  # no byte of the refused import was stored
+    for i, (meta, field) in enumerate(UNSTORABLE_METADATA):
+        bad = _model_dir(tmp_path / f"bad{i}", **{"artifact.json": meta})
+        _refused(cli("models", "import", bad, check=False), field)
+        assert _objects(cli) == objects  # no byte of the refused import was stored
     found = cli("artifacts", "find", "--kind", "model", "--where", "meta.bits<=3", "--json").json()
     assert [a["digest"] for a in found] == [ok.out.strip()]
 
