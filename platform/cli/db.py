@@ -20,8 +20,24 @@ def upgrade(ctx: click.Context, revision: str) -> None:
 
     url = settings_from(ctx).db_url
     before = current_revision(url)
+    check_upgrade_target(revision, before)
     upgrade_database(url, revision) if revision != "head" else upgrade_database(url)
     info(f"schema: {before or 'empty'} -> {current_revision(url)}")
+
+
+def check_upgrade_target(revision: str, current: str | None) -> None:
+    """Refuse an unknown revision, or one older than `current` (upgrade never goes back)."""
+    from ..errors import UsageError
+    from ..store.engine import known_revisions
+
+    known = known_revisions()
+    if revision != "head" and revision not in known:
+        raise UsageError(f"db upgrade --revision {revision!r}: unknown revision; expected head or one of "
+                         f"{', '.join(known)}")
+    target = known[-1] if revision == "head" else revision
+    if current in known and known.index(target) < known.index(current):
+        raise UsageError(f"db upgrade --revision {revision!r}: older than the store's revision {current}; "
+                         "expected a later revision (upgrade never goes back)")
 
 
 @db.command("current")
