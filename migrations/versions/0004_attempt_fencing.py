@@ -1,4 +1,4 @@
-"""Attempt-scoped writes: metrics carry their attempt, queued runs have an owner lease.
+"""Attempt-scoped writes: metrics carry their attempt; a queued run may join an identical in-flight run.
 
 Existing metric rows get their run's current attempt (the rows of earlier attempts cannot be told apart
 any more; reads then show them as one curve, as before this revision).
@@ -26,8 +26,14 @@ def upgrade() -> None:
     op.execute("UPDATE metrics SET attempt = (SELECT runs.attempt FROM runs WHERE runs.id = metrics.run_id)")
     with op.batch_alter_table("metrics") as batch:
         batch.alter_column("attempt", existing_type=sa.Integer(), nullable=False)
+    with op.batch_alter_table("runs") as batch:
+        batch.add_column(sa.Column("joins", sa.String(length=32), nullable=True))
+        batch.create_foreign_key(batch.f("fk_runs_joins_runs"), "runs", ["joins"], ["id"], ondelete="SET NULL")
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("runs") as batch:
+        batch.drop_constraint(batch.f("fk_runs_joins_runs"), type_="foreignkey")
+        batch.drop_column("joins")
     with op.batch_alter_table("metrics") as batch:
         batch.drop_column("attempt")

@@ -39,6 +39,9 @@ def submit(ctx: click.Context, spec_file: Path, overrides: tuple[str, ...], wait
     spec = import_task_files(db, settings, spec)  # local task files become artifacts (cache key, lineage)
     sub = record_submission(db, spec, code=code_version(), executor=executor, no_cache=no_cache)
     run = sub.run
+    if run.joins:
+        info(f"run {run.id} joins identical in-flight run {run.joins}: it waits for it and becomes its cache hit "
+             "(--no-cache to run it anyway)")
     if sub.cache_hit:
         info(f"cache hit: run {run.id} reuses the outputs of succeeded run {run.cache_hit_of} "
              f"(same spec, inputs and code; --no-cache to rerun)")

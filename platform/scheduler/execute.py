@@ -30,6 +30,7 @@ from ..store.records import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, TERMI
 
 log = logging.getLogger(__name__)
 CHECKPOINT_ROLE = "checkpoint/step-"
+JOIN_POLL_S = 0.5
 
 
 def utcnow() -> datetime:
@@ -56,6 +57,10 @@ def execute_run(run_id: str, settings: Settings) -> str:
     if run.cancel_requested:
         store.transition(db, run_id, CANCELLED, message="cancelled before start", finished_at=utcnow())
         return CANCELLED
+    if run.joins is not None and run.attempt == 0:
+        joined = _await_joined(db, run)
+        if joined is not None:
+            return joined
     attempt = run.attempt + 1
     if attempt > run.max_retries + 1:
         store.transition(db, run_id, FAILED, message="retries used up",
@@ -119,6 +124,32 @@ def _run_attempt(db: Any, run: RunRecord, spec: Any, settings: Settings, attempt
         except store.IllegalTransition:
             return _lease_lost(db, run.id, attempt)
         return FAILED
+
+
+def _await_joined(db: Any, run: RunRecord) -> str | None:
+    """Wait for the identical in-flight run `run` joined; its status once it is its cache hit (or cancelled),
+    None when the joined run did not succeed and `run` must run itself. The wait is only in the store: if this
+    process dies, `run` is an orphan that `runs recover` adopts, and its next executor waits again."""
+    print(f"[bitsmith] run {run.id} waits for identical in-flight run {run.joins}", file=sys.stderr)
+    while True:
+        joined, own = store.get_run(db, run.joins), store.get_run(db, run.id)
+        if own.status in TERMINAL_STATUSES:
+            return own.status
+        if own.cancel_requested:
+            store.transition(db, run.id, CANCELLED, message="cancelled while waiting", expected_from={QUEUED})
+            return CANCELLED
+        if joined.status == SUCCEEDED:
+            try:
+                store.record_join_hit(db, run.id, joined.id)
+            except store.IllegalTransition:  # another executor of this run recorded it first
+                return store.get_run(db, run.id).status
+            print(f"[bitsmith] run {run.id} is a cache hit of {joined.id}", file=sys.stderr)
+            return SUCCEEDED
+        if joined.status in TERMINAL_STATUSES:
+            print(f"[bitsmith] run {run.id}: joined run {joined.id} {joined.status}; running it itself",
+                  file=sys.stderr)
+            return None
+        time.sleep(JOIN_POLL_S)
 
 
 def _lease_lost(db: Any, run_id: str, attempt: int) -> str:

@@ -67,7 +67,8 @@ def record_submission(db: Any, spec: JobSpecBase, *, code: dict[str, Any], execu
             original = None  # its outputs are gone or corrupted: run the job again (the rerun heals them)
         if original is not None:  # one transaction: the run with the original's outputs and final metrics
             return Submission(run=store.record_cache_hit(db, original.id, **common), cache_hit=True)
-    return Submission(run=store.create_run(db, status=QUEUED, **common), cache_hit=False)
+    # An identical run in flight is joined (its executor waits and becomes its cache hit) unless --no-cache.
+    return Submission(run=store.create_run(db, status=QUEUED, join_inflight=not no_cache, **common), cache_hit=False)
 
 
 def _json(spec: JobSpecBase) -> dict[str, Any]:

@@ -55,6 +55,7 @@ class RunRecord:
     lease_owner: str | None = None    # "host:pid" (and Ray node) of the attempt holding the run
     heartbeat_at: datetime | None = None
     lease_expires_at: datetime | None = None
+    joins: str | None = None          # the in-flight identical run it waits for (then becomes its cache hit)
 
 
 @dataclass(frozen=True)

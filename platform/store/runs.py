@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, cast, insert, select, update
+from sqlalchemy import Connection, Row, and_, cast, func, insert, select, update
 from sqlalchemy import String as SAString
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -45,7 +45,7 @@ def run_from_row(row: Row | Mapping[str, Any]) -> RunRecord:
         sweep_id=m["sweep_id"], cancel_requested=bool(m["cancel_requested"]), error=m["error"],
         traceback=m["traceback"], log_path=m["log_path"], created_at=m["created_at"], started_at=m["started_at"],
         finished_at=m["finished_at"], lease_owner=m.get("lease_owner"), heartbeat_at=m.get("heartbeat_at"),
-        lease_expires_at=m.get("lease_expires_at"),
+        lease_expires_at=m.get("lease_expires_at"), joins=m.get("joins"),
     )
 
 
@@ -59,8 +59,11 @@ def create_run(db: Database, *, kind: str, name: str | None, spec: dict[str, Any
                seed: int, code_version: dict[str, Any], tags: Iterable[str] = (), executor: str | None = None,
                max_retries: int = 0, inputs: Mapping[str, str] | None = None, sweep_id: str | None = None,
                cache_hit_of: str | None = None, status: str = QUEUED, run_id: str | None = None,
-               message: str | None = None) -> RunRecord:
+               message: str | None = None, join_inflight: bool = False) -> RunRecord:
     """Insert a run, its input edges (role -> digest) and its first run event in one transaction.
+
+    With `join_inflight`, a queued run whose cache key an in-flight (queued or running) run already has joins
+    it (`joins`): its executor waits for that run and becomes its cache hit (or runs itself if it failed).
 
     A queued run gets this process as its dispatcher, with a lease (`BITSMITH_LEASE_S`) on the database's
     clock: whoever runs it takes that over (`store.hold_dispatch`); if nobody does, it becomes an orphan that
@@ -74,6 +77,10 @@ def create_run(db: Database, *, kind: str, name: str | None, spec: dict[str, Any
         values.update(lease_values(lease_owner(), default_lease_s()))
 
     def body(conn: Connection) -> RunRecord:
+        joins = _inflight_original(conn, db, cache_key) if join_inflight and status == QUEUED else None
+        if joins is not None:
+            values["joins"] = joins
+            event["message"] = message or f"joins in-flight identical run {joins}"
         _insert_run(conn, values, edges, event)
         return run_from_row(conn.execute(select(runs_t).where(runs_t.c.id == values["id"])).one())
 
@@ -99,21 +106,62 @@ def record_cache_hit(db: Database, original_id: str, *, kind: str, name: str | N
         sweep_id=sweep_id, cache_hit_of=original_id, status=SUCCEEDED, run_id=run_id, message=None)
 
     def body(conn: Connection) -> None:
-        status = conn.execute(select(runs_t.c.status).where(runs_t.c.id == original_id).with_for_update()).scalar()
-        if status != SUCCEEDED:
-            raise IllegalTransition(f"run {original_id}: {status or 'gone'}; expected a succeeded run to reuse")
+        _lock_succeeded(conn, original_id)
         _insert_run(conn, values, edges, event)
-        outputs = {role: digest for role, digest in conn.execute(
-            select(run_outputs_t.c.role, run_outputs_t.c.digest).where(run_outputs_t.c.run_id == original_id))}
-        upsert_edges(db, conn, run_outputs_t, values["id"], outputs)
-        finals = select_final_metrics(conn, [original_id])[original_id]
-        insert_metrics(conn, values["id"], 0, [(key, None, value) for key, value in finals.items()])
+        _copy_results(db, conn, original_id, values["id"])
 
     try:
         write(db, body)
     except IntegrityError as exc:
         raise _integrity_error(db, f"run {values['id']}", exc, inputs or {}, sweep_id, original_id) from None
     return run_from_row(values)
+
+
+def record_join_hit(db: Database, run_id: str, original_id: str) -> RunRecord:
+    """Queued run `run_id` waited for the identical run `original_id`, which succeeded: make it a succeeded
+    cache hit of it (the original's outputs and final metrics), in one transaction, compare-and-set on queued."""
+    def body(conn: Connection) -> RunRecord:
+        _lock_succeeded(conn, original_id)
+        now = utcnow()
+        result = conn.execute(update(runs_t).where(runs_t.c.id == run_id, runs_t.c.status == QUEUED).values(
+            status=SUCCEEDED, cache_hit_of=original_id, finished_at=now, lease_expires_at=None))
+        if result.rowcount != 1:
+            raise IllegalTransition(f"run {run_id}: no longer queued; expected it queued to record it as a cache "
+                                    f"hit of {original_id}")
+        _copy_results(db, conn, original_id, run_id)
+        conn.execute(insert(run_events_t), _event(run_id, QUEUED, SUCCEEDED, 0,
+                                                  f"cache hit of {original_id} (joined it while it ran)", now))
+        return run_from_row(conn.execute(select(runs_t).where(runs_t.c.id == run_id)).one())
+
+    return write(db, body)
+
+
+def _lock_succeeded(conn: Connection, original_id: str) -> None:
+    status = conn.execute(select(runs_t.c.status).where(runs_t.c.id == original_id).with_for_update()).scalar()
+    if status != SUCCEEDED:
+        raise IllegalTransition(f"run {original_id}: {status or 'gone'}; expected a succeeded run to reuse")
+
+
+def _copy_results(db: Database, conn: Connection, original_id: str, run_id: str) -> None:
+    """Give `run_id` the outputs and final metrics (as attempt 0) of `original_id`, inside `conn`'s transaction."""
+    outputs = {role: digest for role, digest in conn.execute(
+        select(run_outputs_t.c.role, run_outputs_t.c.digest).where(run_outputs_t.c.run_id == original_id))}
+    upsert_edges(db, conn, run_outputs_t, run_id, outputs)
+    finals = select_final_metrics(conn, [original_id])[original_id]
+    insert_metrics(conn, run_id, 0, [(key, None, value) for key, value in finals.items()])
+
+
+def _inflight_original(conn: Connection, db: Database, cache_key: str) -> str | None:
+    """The oldest queued or running run with `cache_key` that runs itself (no cache hit, no join), or None.
+
+    Takes a lock on the key first (SQLite: the write transaction's lock; PostgreSQL: an advisory lock), so
+    of two identical submissions at once the second sees the first.
+    """
+    if not db.is_sqlite:
+        conn.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(cache_key, 0))))
+    return conn.execute(select(runs_t.c.id).where(
+        runs_t.c.cache_key == cache_key, runs_t.c.status.in_((QUEUED, RUNNING)), runs_t.c.cache_hit_of.is_(None),
+        runs_t.c.joins.is_(None)).order_by(runs_t.c.created_at, runs_t.c.id).limit(1)).scalar()
 
 
 def _new_run_rows(*, kind: str, name: str | None, spec: dict[str, Any], spec_hash: str, cache_key: str, seed: int,

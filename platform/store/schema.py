@@ -103,6 +103,8 @@ class Run(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(255))
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    # An in-flight run with the same cache key that this queued run waits for, to become its cache hit.
+    joins: Mapped[str | None] = mapped_column(ID, ForeignKey("runs.id", ondelete="SET NULL"))
 
 
 class Artifact(Base):

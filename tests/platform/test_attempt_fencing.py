@@ -20,7 +20,7 @@ from bitsmith.platform.config import Settings
 from bitsmith.platform.scheduler.execute import execute_run
 from bitsmith.platform.scheduler.submit import record_submission
 from bitsmith.platform.specs import parse_spec
-from bitsmith.platform.store.records import QUEUED, SUCCEEDED
+from bitsmith.platform.store.records import QUEUED, SUCCEEDED, TERMINAL_STATUSES
 from bitsmith.platform.store.schema import artifacts_t, metrics_t
 
 # A real executor process whose noop worker, right after it did its work, is frozen with SIGSTOP (heartbeat
@@ -243,3 +243,33 @@ def test_a_runner_killed_before_it_claims_its_run_leaves_an_orphan_that_recover_
     shown = json.loads(bitsmith(home, "runs", "show", run_id, "--json").stdout)
     assert shown["run"]["status"] == SUCCEEDED and [o["role"] for o in shown["outputs"]] == ["result"]
     assert json.loads(bitsmith(home, "db", "check", "--json").stdout)["ok"]
+
+
+def test_identical_submissions_at_once_run_one_worker_and_the_other_becomes_its_cache_hit(tmp_path: Path):
+    home = tmp_path / "home"
+    spec = tmp_path / "twice.yaml"
+    spec.write_text("kind: noop\nname: twice\nsleep_s: 3\npayload: twice\n")
+    bitsmith(home, "db", "upgrade")
+    env = {**os.environ, "BITSMITH_HOME": str(home), "RAY_USAGE_STATS_ENABLED": "0", "BITSMITH_NO_PROGRESS": "1"}
+    env.pop("BITSMITH_DB_URL", None)
+    submits = [subprocess.Popen([sys.executable, "-m", "bitsmith.platform.cli.main", "submit", str(spec), "--executor",
+                                 "local", "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    run_ids = [json.loads(p.communicate(timeout=120)[0])["run_id"] for p in submits]
+    db = store.open_database(f"sqlite:///{home / 'bitsmith.db'}")
+
+    def both_ended():
+        runs = [store.get_run(db, run_id) for run_id in run_ids]
+        return runs if all(r.status in TERMINAL_STATUSES for r in runs) else None
+
+    runs = wait_for(both_ended, "both runs to end", timeout_s=60)
+    original, joined = sorted(runs, key=lambda r: r.joins is not None)
+    assert original.status == joined.status == SUCCEEDED
+    assert original.attempt == 1 and original.cache_hit_of is None  # the one noop worker that ran
+    assert joined.attempt == 0 and joined.joins == original.id and joined.cache_hit_of == original.id
+    assert [e.to_status for e in store.run_events(db, joined.id)] == [QUEUED, SUCCEEDED]  # never running
+    assert store.run_outputs(db, joined.id) == [e.__class__(joined.id, e.digest, e.role, e.direction)
+                                                for e in store.run_outputs(db, original.id)]
+    rerun = json.loads(bitsmith(home, "submit", str(spec), "--executor", "local", "--wait", "--no-cache",
+                                "--json").stdout)
+    assert not rerun["cache_hit"] and store.get_run(db, rerun["run_id"]).attempt == 1  # --no-cache runs anyway
