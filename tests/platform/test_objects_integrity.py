@@ -305,6 +305,10 @@ def test_a_symlink_in_an_imported_folder_is_refused(cli, tmp_path) -> None:
     res = cli("data", "import", folder, "--kind", "text", check=False)
     assert res.returncode == 2 and "secret.txt: symlinks cannot be stored" in res.stderr
     assert "Traceback" not in res.stderr
+    (folder / "secret.txt").unlink()
+    (folder / "elsewhere").symlink_to(tmp_path, target_is_directory=True)  # a folder link is refused too
+    res = cli("data", "import", folder, "--kind", "text", check=False)
+    assert res.returncode == 2 and "elsewhere: symlinks cannot be stored" in res.stderr
 
 
 # ---------------------------------------------------------------------------------------------- 4. fsspec roots

@@ -20,13 +20,22 @@ from .datasets import SPLITS, assign_split, check_record, read_text_file, split_
 
 
 def _input_files(path: str | Path, suffix: str) -> list[Path]:
-    """The file itself, or the `*suffix` files under a folder (sorted); symlinks, FIFOs and devices inside a
-    folder are refused by their `lstat` type before anything is opened."""
+    """The file itself, or the `*suffix` files under a folder (sorted, recursive).
+
+    Inside a folder, symlinked folders and `*suffix` entries that are symlinks, FIFOs or devices are
+    refused by their `lstat` type before anything is opened (never followed, never silently skipped).
+    """
     path = Path(path)
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.rglob(f"*{suffix}") if stat.S_ISREG(check_entry_type(p).st_mode))
+        files = []
+        for dirpath, dirnames, filenames in os.walk(path):
+            for name in dirnames:
+                check_entry_type(Path(dirpath) / name)
+            files += [Path(dirpath) / name for name in filenames
+                      if name.endswith(suffix) and stat.S_ISREG(check_entry_type(Path(dirpath) / name).st_mode)]
+        files.sort()
         if files:
             return files
         raise DataError(f"{path}: no *{suffix} files in this folder; expected {suffix} files")
