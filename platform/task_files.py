@@ -44,6 +44,9 @@ def _import(db: Any, settings: Settings, index: int, file: str) -> str | None:
     path = Path(file).expanduser()
     if path.is_dir():
         raise SpecError(f"tasks[{index}].file {file!r}: a directory; expected a JSONL file or an artifact ref")
+    if not path.is_file() and path.suffix in (".jsonl", ".json"):
+        raise SpecError(f"tasks[{index}].file {file!r}: no such local file (a relative path is relative to the "
+                        "current directory); expected a JSONL file or an artifact ref")
     if not path.is_file():
-        return None
+        return None  # an artifact ref, resolved with the other inputs
     return f"sha256:{register_path(db, settings, path, kind=TASK_FILE).digest}"

@@ -242,6 +242,9 @@ def test_choice_task_file_is_an_artifact_in_the_cache_key_and_lineage(cli: CLI, 
     code, _, err = cli("submit", cli.spec("m.json", {**spec, "tasks": [{"type": "choice", "file": str(tmp_path)}]}),
                        "--executor", "local", check=False)
     assert code == 2 and "tasks[0].file" in err and "directory" in err
+    code, _, err = cli("submit", cli.spec("m.json", {**spec, "tasks": [{"type": "choice", "file": "gone.jsonl"}]}),
+                       "--executor", "local", check=False)
+    assert code == 2 and "tasks[0].file 'gone.jsonl': no such local file" in err
 
 
 def test_worker_refuses_a_task_file_that_is_not_a_verified_input(tmp_path: Path) -> None:
