@@ -38,12 +38,14 @@ MAX_CHILDREN = 10_000  # combinations a grid or random sweep may expand to
 def load_sweep_spec(data: dict[str, Any], source: str = "sweep") -> SweepSpec:
     from pydantic import ValidationError
 
-    from .specs import format_validation_error
+    from .specs import check_spec_storable, format_validation_error
 
     try:
-        return SweepSpec.model_validate(data)
+        sweep = SweepSpec.model_validate(data)
     except ValidationError as exc:
         raise SpecError(format_validation_error(exc, source)) from None
+    check_spec_storable(sweep.model_dump(), source)
+    return sweep
 
 
 def _dotted(node: ast.AST) -> str | None:

@@ -30,7 +30,7 @@ _ADAPTER: TypeAdapter[JobSpecBase] = TypeAdapter(JobSpec)
 
 __all__ = [
     "ArtifactRef", "EvalSpec", "JobSpec", "NoopSpec", "QuantizeSpec", "RLSpec", "SearchSpec", "TrainSpec", "JobSpecBase", "JOB_KINDS", "Resources", "StrictModel",
-    "apply_overrides", "canonical_json", "load_spec", "parse_spec", "read_spec_file",
+    "apply_overrides", "canonical_json", "check_spec_storable", "load_spec", "parse_spec", "read_spec_file",
     "semantic_json", "spec_hash",
 ]
 
@@ -120,7 +120,7 @@ def parse_spec(data: dict[str, Any], source: str = "spec") -> JobSpecBase:
         spec = _ADAPTER.validate_python(data)
     except ValidationError as exc:
         raise SpecError(format_validation_error(exc, source)) from None
-    check_spec_storable(spec.model_dump(mode="json"), source)
+    check_spec_storable(spec.model_dump(), source)
     return spec
 
 

@@ -247,6 +247,22 @@ def test_unstorable_metadata_is_refused_before_bytes_are_stored(cli, tmp_path) -
     assert [a["digest"] for a in found] == [ok.out.strip()]
 
 
+def test_nan_in_a_sweep_base_is_refused(cli) -> None:
+    path = _sweep(cli, extra="").parent / "nan-sweep.yaml"
+    path.write_text("kind: sweep\nbase: {kind: noop, timeout_s: .nan}\nparameters: {timeout_s: [1, 2]}\n")
+    _refused(cli("sweep", "run", path, "--executor", "local", check=False), str(path), "base.timeout_s")
+
+
+@pytest.mark.postgres
+def test_unstorable_metadata_is_refused_on_postgres_before_bytes_are_stored(make_cli, pg_url, tmp_path) -> None:
+    cli = make_cli(tmp_path / "home", {"BITSMITH_DB_URL": pg_url})
+    cli("db", "upgrade")
+    for i, meta in enumerate(('{"bits": NaN}', json.dumps({"bits": 2**70}), json.dumps({"note": "a\x00b"}))):
+        _refused(cli("models", "import", _model_dir(tmp_path / str(i), **{"artifact.json": meta}), check=False))
+    _refused(cli("models", "import", _model_dir(tmp_path / "long"), "--name", "n" * 300, check=False), "name")
+    assert _objects(cli) == [] and cli("artifacts", "list", "--json").json() == []
+
+
 def test_over_long_artifact_name_is_refused(cli, tmp_path) -> None:
     _refused(cli("models", "import", _model_dir(tmp_path / "m"), "--name", "n" * 300, check=False), "name", "255")
     assert _objects(cli) == []
