@@ -103,7 +103,9 @@ def _put_local(root_dir: Path, src: Path, digest: str, size: int, is_dir: bool, 
         return
     tmp = root_dir / "tmp" / temp_name()
     tmp.parent.mkdir(parents=True, exist_ok=True)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    if not final.parent.is_dir():
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fsync_path(final.parent.parent)  # the new shard folder's entry too
     try:
         if move:
             shutil.move(str(src), str(tmp))
@@ -112,8 +114,8 @@ def _put_local(root_dir: Path, src: Path, digest: str, size: int, is_dir: bool, 
         else:
             shutil.copy2(src, tmp)
         seal(tmp)
-        if is_dir and os.path.lexists(final):  # a bad folder (checked above): set it aside, then publish ours
-            _drop_local(root_dir, final)
+        if is_dir and os.path.lexists(final) and not _local_intact(root_dir, final, digest, size, is_dir):
+            _drop_local(root_dir, final)  # a bad folder: set it aside, then publish ours
         _publish_local(tmp, final, is_dir)
     finally:
         if os.path.lexists(tmp):
@@ -188,7 +190,7 @@ def _local_intact(root_dir: Path, final: Path, digest: str, size: int, is_dir: b
     try:
         if _tree_size(final) != size:
             return False
-        if (size <= FULL_CHECK_BYTES or _is_suspect(str(root_dir), digest)):
+        if size <= FULL_CHECK_BYTES or _is_suspect(str(root_dir), digest):
             return digest_path(final, strict=False) == digest
     except (OSError, UnstorableError):
         return False
@@ -252,10 +254,13 @@ def _remote_intact(root: str, fs: Any, final: str, digest: str, size: int, is_di
     if not fs.exists(final):
         return False
     _check_type(final, digest, fs.isdir(final), is_dir)
-    if _remote_size(fs, final) != size:
+    try:
+        if _remote_size(fs, final) != size:
+            return False
+        if size <= FULL_CHECK_BYTES or _is_suspect(root, digest):
+            return remote_digest(fs, final) == [digest]
+    except OSError:  # e.g. a file removed while it was listed: treat the copy as bad and write ours
         return False
-    if size <= FULL_CHECK_BYTES or _is_suspect(root, digest):
-        return remote_digest(fs, final) == [digest]
     return True
 
 
@@ -280,8 +285,8 @@ def local_digest(path: Path, version: int | None = CURRENT_DIGEST_VERSION) -> li
 def _versions(version: int | None) -> list[int]:
     """The encodings to accept: the row's, or (None: a caller without the row) the current one, then v1.
 
-    Accepting v1 beside v2 weakens nothing for a v2 digest: bytes whose v1 digest equals it would be
-    a sha256 preimage.
+    Accepting both weakens neither: a v1 manifest never holds the NUL that every v2 encoding starts
+    with, so bytes whose v1 digest equals a v2 digest (or the reverse) would be a sha256 collision.
     """
     return [version] if version is not None else [DIGEST_V2, DIGEST_V1]
 
@@ -295,10 +300,6 @@ def _remote_sha256(fs: Any, path: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- suspect marks
-
-def _suspect_path(root: str, digest: str) -> str:
-    return f"{root.rstrip('/')}/suspect/{digest}"
-
 
 def _set_suspect(root: str, digest: str, on: bool) -> None:
     """Mark (or unmark) an object a reader found corrupted, so the next writer re-hashes it in full."""
@@ -384,7 +385,7 @@ def _fetch(root: str, digest: str, path: Path) -> None:
             remove_tree(tmp)
 
 
-def _verify_or_mark(root: str, path: Path, digest: str, version: int) -> None:
+def _verify_or_mark(root: str, path: Path, digest: str, version: int | None) -> None:
     try:
         verify_object(path, digest, version)
     except ArtifactError:
@@ -484,7 +485,9 @@ def _make_writable(path: Path) -> None:
 
 
 def remove_tree(path: Path) -> None:
-    """Delete a file or folder, read-only ones included."""
+    """Delete a file or folder, read-only ones included (gone already is fine: a concurrent cleanup)."""
+    if not os.path.lexists(path):
+        return
     if path.is_dir() and not path.is_symlink():
         for dirpath, _, _ in os.walk(path):
             os.chmod(dirpath, 0o755)
