@@ -5,8 +5,10 @@ from pathlib import Path
 
 import click
 
-from .common import (emit_json, fmt_bytes, fmt_time, info, json_option, literal, open_db, settings_from, short,
-                     stdout_console)
+from .common import (emit_json, fitted_table, fmt_bytes, fmt_time, info, json_option, literal, open_db,
+                     settings_from, short, stdout_console)
+
+META_CHARS = 40  # of the metadata summary in `artifacts list` and `find`
 
 
 @click.group()
@@ -15,17 +17,16 @@ def artifacts() -> None:
 
 
 def _table(records: list) -> None:
-    from rich.table import Table
-
-    t = Table()
-    for col in ("digest", "kind", "name", "size", "producer", "created", "meta"):
-        t.add_column(col, no_wrap=col not in ("name", "meta"), overflow="fold")
+    rows = []
     for a in records:
         meta = ", ".join(f"{k}={v}" for k, v in list(a.metadata.items())[:4]
                          if isinstance(v, (int, float, str)) and len(str(v)) < 30)
-        t.add_row(short(a.digest, 12), literal(a.kind), literal(a.name or ""), fmt_bytes(a.size_bytes),
-                  short(a.producer_run_id, 10) or "import", fmt_time(a.created_at), literal(meta))
-    stdout_console().print(t)
+        rows.append([short(a.digest, 12), literal(a.kind), literal(a.name or ""), fmt_bytes(a.size_bytes),
+                     short(a.producer_run_id, 10) or "import", fmt_time(a.created_at),
+                     literal(meta if len(meta) <= META_CHARS else meta[:META_CHARS - 1] + "…")])
+    # In a narrow terminal the least useful columns go first, so that names stay readable.
+    stdout_console().print(fitted_table(["digest", "kind", "name", "size", "producer", "created", "meta"], rows,
+                                        elastic="name", drop=("created", "meta", "producer"), shrink=("kind",)))
 
 
 @artifacts.command("list")

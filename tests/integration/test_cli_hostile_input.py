@@ -319,7 +319,7 @@ def test_worker_loaders_never_run_code_from_an_artifact(tmp_path, loader: str) -
 
 
 # -- an 80-column terminal ------------------------------------------------------------------------------------------
-def test_runs_list_keeps_names_readable_at_80_columns(cli) -> None:
+def test_lists_keep_names_readable_at_80_columns(cli) -> None:
     spec = cli.write_spec("noop.yaml", "kind: noop\nmetrics: 1\n")
     names = ["quantize-gptq-3bit-g128-calib-pydoc", "eval-gptq-3bit"]
     for i, name in enumerate(names):
@@ -331,3 +331,7 @@ def test_runs_list_keeps_names_readable_at_80_columns(cli) -> None:
     for name in names:
         assert name[:16] in out, out
     assert "succeeded" in out and "noop" in out
+    cli("data", "arithmetic", "--n-train", "20", "--n-calibration", "5", "--n-test", "5", "--name",
+        "arithmetic-small-task-v2")
+    out = narrow("artifacts", "list").out
+    assert max(len(line) for line in out.splitlines()) <= 80 and "arithmetic-small-task-v2" in out, out
