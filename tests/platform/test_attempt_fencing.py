@@ -8,7 +8,9 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -263,13 +265,40 @@ def test_identical_submissions_at_once_run_one_worker_and_the_other_becomes_its_
         return runs if all(r.status in TERMINAL_STATUSES for r in runs) else None
 
     runs = wait_for(both_ended, "both runs to end", timeout_s=60)
-    original, joined = sorted(runs, key=lambda r: r.joins is not None)
+    original, joined = sorted(runs, key=lambda r: r.cache_hit_of is not None)
     assert original.status == joined.status == SUCCEEDED
     assert original.attempt == 1 and original.cache_hit_of is None  # the one noop worker that ran
-    assert joined.attempt == 0 and joined.joins == original.id and joined.cache_hit_of == original.id
+    assert joined.attempt == 0 and joined.cache_hit_of == original.id and joined.joins == original.id
     assert [e.to_status for e in store.run_events(db, joined.id)] == [QUEUED, SUCCEEDED]  # never running
     assert store.run_outputs(db, joined.id) == [e.__class__(joined.id, e.digest, e.role, e.direction)
                                                 for e in store.run_outputs(db, original.id)]
     rerun = json.loads(bitsmith(home, "submit", str(spec), "--executor", "local", "--wait", "--no-cache",
                                 "--json").stdout)
     assert not rerun["cache_hit"] and store.get_run(db, rerun["run_id"]).attempt == 1  # --no-cache runs anyway
+
+
+def test_identical_runs_created_at_once_have_one_original_that_the_others_join(db, db_url):
+    spec = {"kind": "noop"}
+    barrier = threading.Barrier(4)
+
+    def submit() -> store.RunRecord:
+        barrier.wait()
+        return store.create_run(store.open_database(db_url), kind="noop", name=None, spec=spec, spec_hash="h" * 64,
+                                cache_key="same", seed=0, code_version={}, join_inflight=True)
+
+    with ThreadPoolExecutor(4) as pool:
+        created = list(pool.map(lambda _: submit(), range(4)))
+    (original,) = [r for r in created if r.joins is None]
+    assert sorted(r.joins for r in created if r.joins) == [original.id] * 3
+
+
+def test_sweep_children_that_differ_only_in_non_semantic_fields_run_once(tmp_path: Path):
+    home = tmp_path / "home"
+    sweep = tmp_path / "tags.yaml"
+    sweep.write_text("kind: sweep\nname: tagged\nbase: {kind: noop, payload: tagged}\nstrategy: grid\n"
+                     "parameters:\n  tags: [[a], [b]]\nobjectives: [{metric: noop/metrics_logged, goal: max}]\n")
+    rows = json.loads(bitsmith(home, "sweep", "run", str(sweep), "--executor", "local", "--json").stdout)["rows"]
+    db = store.open_database(f"sqlite:///{home / 'bitsmith.db'}")
+    children = sorted((store.get_run(db, r["run_id"]) for r in rows), key=lambda r: r.created_at)
+    assert [r.status for r in children] == [SUCCEEDED, SUCCEEDED] and children[0].cache_key == children[1].cache_key
+    assert [(r.attempt, r.cache_hit_of) for r in children] == [(1, None), (0, children[0].id)]
