@@ -128,6 +128,7 @@ def test_frozen_attempt_that_resumes_after_losing_its_lease_records_nothing(db_u
     assert {attempt for attempt, _ in logged} == {2}
     assert {key for _, key in logged} == {"noop/value", "noop/metrics_logged"}
     assert names and set(names) == {None}  # `frozen/result` is bound through the run's outputs, not a row name
+    assert store.resolve_artifact_ref(db, "frozen/result").digest == real["result"]
     assert store.final_metrics(db, [run.id])[run.id] == {"noop/value": 2.0, "noop/metrics_logged": 3.0}
 
 
