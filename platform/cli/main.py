@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> Any:
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
+        from .common import printable
+
+        exc.message = printable(exc.message, keep_newlines=True)  # it may quote what the user typed
         exc.show()
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:

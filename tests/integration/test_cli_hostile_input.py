@@ -48,18 +48,18 @@ def test_user_strings_are_printed_literally(cli, tmp_path) -> None:
     _printed_literally(cli("runs", "list").out, *ODD_NAMES)
     for name, run_id in ids.items():
         _printed_literally(cli("runs", "show", run_id).out, name, "[red]tag")
-        _printed_literally(cli("lineage", f"run:{run_id}", "--down").out, name)
-    for fmt in ("dot", "mermaid"):
-        assert "\x1b" not in cli("lineage", f"run:{ids[ODD_NAMES[-1]]}", "--down", "--format", fmt).out
-    digests = [cli("models", "import", _model_dir(tmp_path / str(i), **{"artifact.json": json.dumps({"note": name})}),
-                   "--name", name).out.strip() for i, name in enumerate(("[bold]x", "a\x1b[31mred"))]
-    _printed_literally(cli("artifacts", "list").out, "[bold]x", "a\x1b[31mred", "note=[bold]x")
-    for digest in digests:
-        _printed_literally(cli("artifacts", "show", digest).out)
-        _printed_literally(cli("lineage", digest).out)
+    _printed_literally(cli("lineage", f"run:{ids['[/x]']}", "--down").out, "[/x]")
+    assert "\x1b" not in cli("lineage", f"run:{ids[ODD_NAMES[-1]]}", "--down", "--format", "mermaid").out
+    model = _model_dir(tmp_path / "m", **{"artifact.json": json.dumps({"note": "[bold]x"})})
+    digest = cli("models", "import", model, "--name", "a\x1b[31mred").out.strip()
+    _printed_literally(cli("artifacts", "list").out, "a\x1b[31mred", "note=[bold]x")
+    _printed_literally(cli("artifacts", "show", digest).out, "a\x1b[31mred", "[bold]x")
+    _printed_literally(cli("lineage", digest).out, "a\x1b[31mred")
     listed = {r["id"]: r["name"] for r in cli("runs", "list", "--json").json()}
     assert {listed[run_id] for run_id in ids.values()} == set(ODD_NAMES)  # --json stays exact
     res = cli("runs", "show", "zz\x1b[2Jzz", check=False)
+    assert res.code == 2 and "\x1b" not in res.err and "\\x1b" in res.err
+    res = cli("ru\x1b[2Jns", "list", check=False)  # click's own errors quote the input too
     assert res.code == 2 and "\x1b" not in res.err and "\\x1b" in res.err
 
 
