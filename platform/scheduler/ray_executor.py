@@ -111,16 +111,23 @@ class _Dispatch:
     starts: dict[str, int] = field(default_factory=dict)      # run id -> tasks dispatched for it
 
     def fill(self) -> None:
+        """Dispatch waiting runs while slots are free. A run that joins a run still waiting here goes after it:
+        its task would hold a slot while it waits for that run, which then might never get one."""
+        deferred = []
         while self.waiting and (self.max_in_flight is None or len(self.in_flight) < self.max_in_flight):
             run_id = self.waiting.popleft()
             run = store.get_run(self.db, run_id)
             if run.status in TERMINAL_STATUSES:  # e.g. cancelled while waiting
                 self.finish(run_id, run.status)
                 continue
+            if run.joins is not None and run.joins in self.waiting:
+                deferred.append(run_id)
+                continue
             self.starts[run_id] = self.starts.get(run_id, 0) + 1
             ref = self.remote.options(**_task_options(run), name=f"bitsmith:{run.kind}:{run_id[:10]}").remote(
                 run_id, self.settings)
             self.in_flight[ref] = run_id
+        self.waiting.extend(deferred)
 
     def finish(self, run_id: str, status: str) -> None:
         self.finals[run_id] = status

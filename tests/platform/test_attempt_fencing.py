@@ -303,3 +303,32 @@ def test_sweep_children_that_differ_only_in_non_semantic_fields_run_once(tmp_pat
     children = sorted((store.get_run(db, r["run_id"]) for r in rows), key=lambda r: r.created_at)
     assert [r.status for r in children] == [SUCCEEDED, SUCCEEDED] and children[0].cache_key == children[1].cache_key
     assert [(r.attempt, r.cache_hit_of) for r in children] == [(1, None), (0, children[0].id)]
+
+
+def test_the_ray_driver_dispatches_a_joined_run_before_the_runs_that_wait_for_it(db, tmp_path: Path):
+    """With one slot, a joiner dispatched first would hold it while waiting for a run that never gets one."""
+    from collections import deque
+
+    from bitsmith.platform.scheduler.ray_executor import _Dispatch
+
+    def make(**kwargs) -> str:
+        return store.create_run(db, kind="noop", name=None, spec={"kind": "noop"}, spec_hash="h" * 64,
+                                cache_key="same", seed=0, code_version={}, **kwargs).id
+
+    original = make()
+    joiner = make(join_inflight=True)
+    assert store.get_run(db, joiner).joins == original
+    dispatched: list[str] = []
+
+    class Remote:  # stands in for ray.remote(execute_run): records what the driver dispatches, in order
+        def options(self, **_: object) -> "Remote":
+            return self
+
+        def remote(self, run_id: str, settings: Settings) -> str:
+            dispatched.append(run_id)
+            return f"ref-{run_id}"
+
+    batch = _Dispatch(db=db, settings=settings_for(db.url, tmp_path), remote=Remote(),
+                      waiting=deque([joiner, original]), max_in_flight=1, on_finish=None)
+    batch.fill()
+    assert dispatched == [original] and list(batch.waiting) == [joiner]
