@@ -413,10 +413,26 @@ def test_concurrent_writers_of_one_object_on_a_memory_root_all_succeed(tmp_path)
     assert fs.find(f"{base}/tmp") == []
 
 
+def _slow_local_root(path: Path) -> str:
+    """A root on fsspec's LocalFileSystem with latency on every file download (wider races)."""
+    import fsspec
+    from fsspec.implementations.local import LocalFileSystem
+
+    class SlowLocal(LocalFileSystem):
+        protocol = ("slowlocal",)
+
+        def get_file(self, path1, path2, *args, **kwargs):
+            time.sleep(0.005)
+            return super().get_file(path1, path2, *args, **kwargs)
+
+    fsspec.register_implementation("slowlocal", SlowLocal, clobber=True)
+    return f"slowlocal://{path}"
+
+
 def test_concurrent_fetchers_of_one_object_share_one_cached_copy(tmp_path) -> None:
-    """On a `local://` root (fsspec's LocalFileSystem; memory files share one read position, so
-    concurrent readers of the memory filesystem would garble each other)."""
-    root = f"local://{tmp_path / 'remote'}"
+    """On fsspec's LocalFileSystem (memory files share one read position, so concurrent readers of the
+    memory filesystem would garble each other)."""
+    root = _slow_local_root(tmp_path / "remote")
     obj = put_object(root, _make_dir(tmp_path / "d", {f"f{i}.txt": str(i) * 5000 for i in range(10)}))
     fetched: list = []
     barrier = threading.Barrier(6)
