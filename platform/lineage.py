@@ -6,7 +6,8 @@ from typing import Any
 from .store.records import ArtifactRecord, RunRecord
 
 CHECKPOINT_PREFIX = "checkpoint/"
-DOT_QUOTE, MERMAID_QUOTE = '\\"', "#quot;"  # how a double quote inside a label is written
+# How a backslash and a double quote inside a label are written in each format.
+DOT_ESCAPES, MERMAID_ESCAPES = {"\\": "\\\\", '"': '\\"'}, {'"': "#quot;"}
 
 
 def _edge_index(graph: Any) -> dict[tuple[str, str], list[Any]]:
@@ -106,21 +107,24 @@ def _graph_edges(graph: Any) -> list[tuple[str, str, str]]:
     return sorted(set(out))
 
 
-def _quoted(text: str, quote: str) -> str:
-    """A label for dot or mermaid: control characters visible, double quotes written as `quote`."""
+def _quoted(text: str, escapes: dict[str, str]) -> str:
+    """A label for dot or mermaid: control characters visible, then `escapes` applied (backslash first)."""
     from .cli.common import printable
 
-    return printable(text).replace('"', quote)
+    text = printable(text)
+    for char, escaped in escapes.items():
+        text = text.replace(char, escaped)
+    return text
 
 
 def to_dot(graph: Any) -> str:
     lines = ["digraph lineage {", "  rankdir=LR;"]
     for k, r in graph.runs.items():
-        lines.append(f'  {_node_id("run", k)} [shape=box, label="{_quoted(run_label(r), DOT_QUOTE)}"];')
+        lines.append(f'  {_node_id("run", k)} [shape=box, label="{_quoted(run_label(r), DOT_ESCAPES)}"];')
     for k, a in graph.artifacts.items():
-        lines.append(f'  {_node_id("artifact", k)} [shape=ellipse, label="{_quoted(artifact_label(a), DOT_QUOTE)}"];')
+        lines.append(f'  {_node_id("artifact", k)} [shape=ellipse, label="{_quoted(artifact_label(a), DOT_ESCAPES)}"];')
     for src, dst, role in _graph_edges(graph):
-        lines.append(f'  {src} -> {dst} [label="{_quoted(role, DOT_QUOTE)}"];')
+        lines.append(f'  {src} -> {dst} [label="{_quoted(role, DOT_ESCAPES)}"];')
     lines.append("}")
     return "\n".join(lines)
 
@@ -128,9 +132,9 @@ def to_dot(graph: Any) -> str:
 def to_mermaid(graph: Any) -> str:
     lines = ["flowchart LR"]
     for k, r in graph.runs.items():
-        lines.append(f'  {_node_id("run", k)}["{_quoted(run_label(r), MERMAID_QUOTE)}"]')
+        lines.append(f'  {_node_id("run", k)}["{_quoted(run_label(r), MERMAID_ESCAPES)}"]')
     for k, a in graph.artifacts.items():
-        lines.append(f'  {_node_id("artifact", k)}(["{_quoted(artifact_label(a), MERMAID_QUOTE)}"])')
+        lines.append(f'  {_node_id("artifact", k)}(["{_quoted(artifact_label(a), MERMAID_ESCAPES)}"])')
     for src, dst, role in _graph_edges(graph):
-        lines.append(f"  {src} -->|{_quoted(role, MERMAID_QUOTE)}| {dst}")
+        lines.append(f"  {src} -->|{_quoted(role, MERMAID_ESCAPES)}| {dst}")
     return "\n".join(lines)

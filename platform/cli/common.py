@@ -153,6 +153,6 @@ def fmt_bytes(n: int) -> str:
 
 
 def info(msg: str) -> None:
-    """Logs and hints go to stderr; data goes to stdout."""
-    click.echo(msg, err=True)
+    """Logs and hints go to stderr (control characters made visible); data goes to stdout."""
+    click.echo(printable(msg, keep_newlines=True), err=True)
 

@@ -160,7 +160,8 @@ def _show(ctx: click.Context, sweep_ref: str, *, as_json: bool, plot: Path | Non
             t.add_column(literal(m), justify="right")
         for r in rows:
             t.add_row("*" if r.pareto else "", short(r.run_id, 10),
-                      *[literal(r.params.get(p)) for p in spec.parameters], status_text(r.status), *[fmt_value(r.metrics[m]) if m in r.metrics else "-" for m in metrics])
+                      *[literal(r.params.get(p)) for p in spec.parameters], status_text(r.status),
+                      *[fmt_value(r.metrics[m]) if m in r.metrics else "-" for m in metrics])
         stdout_console().print(t)
         if metrics:
             info("* = on the Pareto front of " + ", ".join(f"{o.metric} ({o.goal})" for o in spec.objectives))
