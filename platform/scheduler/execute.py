@@ -133,11 +133,8 @@ def _await_joined(db: Any, run: RunRecord) -> str | None:
     print(f"[bitsmith] run {run.id} waits for identical in-flight run {run.joins}", file=sys.stderr)
     while True:
         joined, own = store.get_run(db, run.joins), store.get_run(db, run.id)
-        if own.status in TERMINAL_STATUSES:
+        if own.status in TERMINAL_STATUSES:  # e.g. cancelled while it waited
             return own.status
-        if own.cancel_requested:
-            store.transition(db, run.id, CANCELLED, message="cancelled while waiting", expected_from={QUEUED})
-            return CANCELLED
         if joined.status == SUCCEEDED:
             try:
                 store.record_join_hit(db, run.id, joined.id)

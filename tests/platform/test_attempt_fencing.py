@@ -332,3 +332,24 @@ def test_the_ray_driver_dispatches_a_joined_run_before_the_runs_that_wait_for_it
                       waiting=deque([joiner, original]), max_in_flight=1, on_finish=None)
     batch.fill()
     assert dispatched == [original] and list(batch.waiting) == [joiner]
+
+
+def test_a_joiner_runs_itself_when_the_joined_run_fails_and_stops_when_cancelled(db_url, tmp_path: Path):
+    settings = settings_for(db_url, tmp_path, lease_s=30.0)
+    db = store.open_database(db_url)
+    spec = parse_spec({"kind": "noop", "payload": "joined"})
+    original = record_submission(db, spec, code={}, executor="local").run
+    first, second = (record_submission(db, spec, code={}, executor="local").run for _ in range(2))
+    assert first.joins == second.joins == original.id
+    result: list[str] = []
+    waiting = threading.Thread(target=lambda: result.append(execute_run(second.id, settings)))
+    waiting.start()
+    time.sleep(1.0)
+    store.request_cancel(db, second.id)
+    waiting.join(timeout=30)
+    assert result == ["cancelled"]
+    store.transition(db, original.id, "failed", message="failed elsewhere", error="boom")
+    assert execute_run(first.id, settings) == SUCCEEDED  # the joined run failed: it ran itself
+    after = store.get_run(db, first.id)
+    assert after.attempt == 1 and after.cache_hit_of is None and [e.role for e in store.run_outputs(db, first.id)] == [
+        "result"]
