@@ -50,7 +50,7 @@ def builtin_model(ctx: click.Context, model: str, as_json: bool) -> None:
 def import_model(ctx: click.Context, path: Path, gguf_file: str | None, name: str | None, as_json: bool) -> None:
     """Register a model directory; with --gguf, convert GGUF through transformers to safetensors first."""
     from ..artifacts import temp_name
-    from ..errors import ArtifactError
+    from ..errors import DataError
     from ..register import register_path
     from bitsmith.workers.models_import import convert_gguf, describe_hf_model
     from ..store.artifacts import check_artifact_name
@@ -65,8 +65,8 @@ def import_model(ctx: click.Context, path: Path, gguf_file: str | None, name: st
             src = convert_gguf(gguf_path, Path(tmp) / "model")
         else:
             if not path.is_dir():
-                raise ArtifactError(f"{path}: not a directory; expected a Hugging Face model directory "
-                                    "(config.json + *.safetensors), or --gguf FILE")
+                raise DataError(f"{path}: not a directory; expected a Hugging Face model directory "
+                                "(config.json + *.safetensors), or --gguf FILE")
             src = path
         meta = describe_hf_model(src)
         rec = register_path(open_db(ctx), settings, src, kind="model", name=name or path.stem, metadata=meta)

@@ -180,6 +180,11 @@ def test_malformed_json_in_imported_folder_is_refused(cli, tmp_path, name: str, 
     assert cli("artifacts", "list", "--json").json() == []
 
 
+def test_models_import_of_a_plain_file_is_refused(cli, tmp_path) -> None:
+    (tmp_path / "weights.txt").write_text("not a model")
+    _refused(cli("models", "import", tmp_path / "weights.txt", check=False), "weights.txt", "not a directory")
+
+
 def test_symlink_in_imported_folder_is_refused(cli, tmp_path) -> None:
     model = _model_dir(tmp_path / "m")
     (model / "link.txt").symlink_to("/etc/hostname")
