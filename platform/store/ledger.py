@@ -23,8 +23,8 @@ from sqlalchemy import Connection, and_, insert, or_, select, update
 
 from ..config import default_lease_s
 from .clock import db_clock
-from .leases import lease_owner, lease_values, owner_is_gone
 from .engine import Database, write
+from .leases import lease_owner, lease_values, owner_is_gone
 from .metrics import insert_metrics
 from .records import FAILED, QUEUED, RUNNING, SUCCEEDED, RunRecord
 from .runs import IllegalTransition, run_from_row, transition, upsert_edges
