@@ -353,3 +353,23 @@ def test_a_joiner_runs_itself_when_the_joined_run_fails_and_stops_when_cancelled
     after = store.get_run(db, first.id)
     assert after.attempt == 1 and after.cache_hit_of is None and [e.role for e in store.run_outputs(db, first.id)] == [
         "result"]
+
+
+def test_queued_runs_whose_dispatcher_is_gone_are_orphans_adopted_once(db):
+    def queued() -> str:
+        return store.create_run(db, kind="noop", name=None, spec={"kind": "noop"}, spec_hash="h" * 64, cache_key="k",
+                                seed=0, code_version={}).id
+
+    dead_pid = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                                  text=True).stdout)
+    held, dead_owner, lapsed = queued(), queued(), queued()  # held: this live process dispatches it
+    store.hold_dispatch(db, [dead_owner], owner=store.lease_owner(pid=dead_pid), lease_s=3600)
+    store.hold_dispatch(db, [lapsed], owner="another-host:1", lease_s=1)
+    assert {r.id for r in store.orphaned_runs(db)} == {dead_owner}
+    time.sleep(1.2)
+    assert {r.id for r in store.orphaned_runs(db)} == {dead_owner, lapsed}
+    with ThreadPoolExecutor(2) as pool:
+        adopted = list(pool.map(lambda owner: store.adopt_orphans(db, owner=owner, lease_s=30),
+                                ["adopter-a:1", "adopter-b:2"]))
+    assert sorted(r.id for runs in adopted for r in runs) == sorted([dead_owner, lapsed])  # each adopted once
+    assert store.orphaned_runs(db) == [] and store.get_run(db, held).lease_owner == store.lease_owner()
