@@ -373,3 +373,19 @@ def test_queued_runs_whose_dispatcher_is_gone_are_orphans_adopted_once(db):
                                 ["adopter-a:1", "adopter-b:2"]))
     assert sorted(r.id for runs in adopted for r in runs) == sorted([dead_owner, lapsed])  # each adopted once
     assert store.orphaned_runs(db) == [] and store.get_run(db, held).lease_owner == store.lease_owner()
+
+
+def test_a_joiner_whose_dispatcher_died_is_adopted_and_still_becomes_the_cache_hit(db_url, tmp_path: Path):
+    settings = settings_for(db_url, tmp_path, lease_s=30.0)
+    db = store.open_database(db_url)
+    spec = parse_spec({"kind": "noop", "payload": "adopted joiner"})
+    original = record_submission(db, spec, code={}, executor="local").run
+    joiner = record_submission(db, spec, code={}, executor="local").run
+    dead_pid = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                                  text=True).stdout)
+    store.hold_dispatch(db, [joiner.id], owner=store.lease_owner(pid=dead_pid), lease_s=3600)  # its runner died
+    assert [r.id for r in store.adopt_orphans(db, owner=store.lease_owner(), lease_s=30)] == [joiner.id]
+    assert execute_run(original.id, settings) == SUCCEEDED
+    assert execute_run(joiner.id, settings) == SUCCEEDED
+    after = store.get_run(db, joiner.id)
+    assert after.attempt == 0 and after.cache_hit_of == original.id
