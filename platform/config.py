@@ -3,7 +3,8 @@
 Everything comes from explicit arguments or environment variables, read when asked (no import-time state):
 `BITSMITH_HOME` (default ~/.bitsmith), `BITSMITH_DB_URL` (default: SQLite in the home),
 `BITSMITH_ARTIFACT_ROOT` (default: $BITSMITH_HOME/artifacts; any fsspec URL), `BITSMITH_RAY_ADDRESS`,
-`BITSMITH_LEASE_S` (how long a running job's lease lasts without a heartbeat; default 30 s).
+`BITSMITH_LEASE_S` (how long a running job's lease, or a queued job's dispatcher lease, lasts without renewal;
+default 30 s).
 """
 from __future__ import annotations
 
