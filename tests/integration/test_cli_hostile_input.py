@@ -78,7 +78,7 @@ CONSTRAINT_ERRORS = [
     "metrics < 'a'",                    # unorderable
     "'x' * 99999999999 == 'y'",         # a huge string
     "[0] * 99999999999 == [1]",         # a huge list
-    "'%0999999999d' % metrics == 'y'",  # a huge formatted string
+    "'%0999999999d' % metrics != 'y'",  # a huge formatted string
     "9**9**9 > 1",                      # exponentiation is not allowed
     "-" * 100_000 + "metrics > 0",      # deep nesting
     "-" * 990 + "metrics > 0 and 1 / 0",
@@ -91,7 +91,7 @@ CONSTRAINT_ERRORS = [
 def test_sweep_constraint_errors_are_refused(cli, constraint: str) -> None:
     err = _refused(cli("sweep", "run", _sweep(cli, constraint=constraint), "--executor", "local", check=False),
                    "constraints")
-    assert len(err) < 2_000
+    assert len(err) < 2_000 and "no combination" not in err
     assert cli("runs", "list", "--json").json() == []
 
 
@@ -211,7 +211,7 @@ UNSTORABLE_OVERRIDES = [
 ]
 
 
-@pytest.mark.parametrize("override,field", UNSTORABLE_OVERRIDES[::3])
+@pytest.mark.parametrize("override,field", UNSTORABLE_OVERRIDES[1::2])
 def test_unstorable_spec_values_are_refused(cli, override: str, field: str) -> None:
     spec = cli.write_spec("noop.yaml", "kind: noop\n")
     _refused(_submit(cli, spec, "--set", override, check=False), field)
@@ -309,18 +309,19 @@ def _evil_model_dir(root: Path) -> Path:
     return model
 
 
-@pytest.mark.parametrize("loader", [
-    "from bitsmith.workers.models import load_model_and_tokenizer as load; load(sys.argv[1])",
-    "from bitsmith.workers.models import SAFE_LOADING; from transformers import AutoModelForCausalLM as A; "
-    "A.from_pretrained(sys.argv[1], local_files_only=True, **SAFE_LOADING)",
-    "from transformers import AutoConfig as A; A.from_pretrained(sys.argv[1], local_files_only=True, "
-    "trust_remote_code=False)",
+@pytest.mark.parametrize("loader,refusal", [
+    ("from bitsmith.workers.models import load_model_and_tokenizer as load; load(sys.argv[1])", "DataError"),
+    ("from bitsmith.workers.models import SAFE_LOADING; from transformers import AutoModelForCausalLM as A; "
+     "A.from_pretrained(sys.argv[1], local_files_only=True, **SAFE_LOADING)", "trust_remote_code"),
+    ("from transformers import AutoConfig as A; A.from_pretrained(sys.argv[1], local_files_only=True, "
+     "trust_remote_code=False)", "trust_remote_code"),
 ])
-def test_worker_loaders_never_run_code_from_an_artifact(tmp_path, loader: str) -> None:
+def test_worker_loaders_never_run_code_from_an_artifact(tmp_path, loader: str, refusal: str) -> None:
     model, marker = _evil_model_dir(tmp_path / "m"), tmp_path / "marker"
     proc = subprocess.run([sys.executable, "-c", f"import sys; {loader}", str(model)], input="y\n", cwd=ROOT,
                           capture_output=True, text=True, timeout=120, env={**os.environ, "EVIL_MARKER": str(marker)})
     assert proc.returncode != 0 and not marker.exists(), proc.stderr
+    assert refusal in proc.stderr and "ImportError" not in proc.stderr, proc.stderr
 
 
 # -- an 80-column terminal ------------------------------------------------------------------------------------------
