@@ -29,6 +29,7 @@ from bitsmith.platform.specs.quantize import GPTQMethod, QuantizeSpec, RTNMethod
 
 from . import quant_format
 from .models import DTYPES, load_model_and_tokenizer, resolve_device
+from .registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -70,22 +71,8 @@ def dense_weight(module: nn.Module) -> Tensor:
 
 # -- methods registry ------------------------------------------------------------------------------
 QuantizeFn = Callable[..., tuple[QuantizedWeight, list[str]]]
-METHODS: dict[str, QuantizeFn] = {}
-
-
-def register_method(name: str) -> Callable[[QuantizeFn], QuantizeFn]:
-    def add(fn: QuantizeFn) -> QuantizeFn:
-        METHODS[name] = fn
-        return fn
-    return add
-
-
-def method_for(name: str) -> QuantizeFn:
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise SpecError(f"method.type: unknown quantization method {name!r}; expected one of "
-                        f"{', '.join(sorted(METHODS))}") from None
+METHODS: Registry[QuantizeFn] = Registry("method.type", "quantization method")
+register_method, method_for = METHODS.register, METHODS.lookup
 
 
 @register_method("rtn")

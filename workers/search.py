@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from bitsmith.platform.context import OutputArtifact, RunContext, WorkerOutputs
-from bitsmith.platform.errors import DataError, SpecError
+from bitsmith.platform.errors import DataError
 from bitsmith.platform.specs.quantize import QuantizeInputs, QuantizeSpec
 from bitsmith.platform.specs.search import (BisectMethod, DPMethod, EvoMethod, HessianMethod,
                                             QualityBudget, SearchSpec, SizeBudget, UniformMethod)
@@ -34,6 +34,7 @@ from .allocation.bisect import bisect_drop
 from .allocation.levels import AllocationModel, LevelDB, build_level_db, level_db_key, load_level_db
 from .allocation.levels import CALIBRATION_SEED
 from .models import load_model_and_tokenizer
+from .registry import Registry
 
 log = logging.getLogger(__name__)
 Allocation = list[int]
@@ -57,22 +58,8 @@ class SearchEnv:
 
 # -- methods registry ----------------------------------------------------------------------------------
 AllocateFn = Callable[[Any, SearchEnv], tuple[Allocation, dict[str, Any]]]
-ALLOCATORS: dict[str, AllocateFn] = {}
-
-
-def allocator(name: str) -> Callable[[AllocateFn], AllocateFn]:
-    def add(fn: AllocateFn) -> AllocateFn:
-        ALLOCATORS[name] = fn
-        return fn
-    return add
-
-
-def allocator_for(name: str) -> AllocateFn:
-    try:
-        return ALLOCATORS[name]
-    except KeyError:
-        raise SpecError(f"method.type: unknown search method {name!r}; expected one of "
-                        f"{', '.join(sorted(ALLOCATORS))}") from None
+ALLOCATORS: Registry[AllocateFn] = Registry("method.type", "search method")
+allocator, allocator_for = ALLOCATORS.register, ALLOCATORS.lookup
 
 
 # -- the job ----------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from bitsmith.platform.errors import SpecError
 from bitsmith.platform.specs import load_spec, canonical_json
 from bitsmith.platform.specs.rl import Aggregation, RewardName, RLSpec
 from bitsmith.workers.grpo.advantages import apply_polarity, group_advantages, sanity_rewards, zero_variance_groups
@@ -158,7 +159,7 @@ def test_reward_registry_matches_spec_and_scores():
     ids = reward_identity(["exact_numeric", "format", "exact_numeric"])
     assert list(ids) == ["exact_numeric", "format"] and all(len(h) == 64 for h in ids.values())
     assert ids["exact_numeric"] != ids["format"]
-    with pytest.raises(KeyError, match="expected one of boxed, exact_numeric, format"):
+    with pytest.raises(SpecError, match="expected one of boxed, exact_numeric, format"):
         get_reward("nope")
 
 

@@ -16,6 +16,7 @@ import torch
 
 from bitsmith.platform.context import InputArtifact, OutputArtifact
 from bitsmith.platform.errors import SpecError
+from bitsmith.workers.registry import Registry
 
 
 @dataclass
@@ -70,26 +71,13 @@ class TaskResult:
 
 
 Runner = Callable[[Any, EvalEnv], TaskResult]
-EVALUATORS: dict[str, Runner] = {}
-
-
-def evaluator(task_type: str) -> Callable[[Runner], Runner]:
-    """Register the runner of one spec task type."""
-    def register(fn: Runner) -> Runner:
-        if task_type in EVALUATORS:
-            raise ValueError(f"evaluator {task_type!r} registered twice")
-        EVALUATORS[task_type] = fn
-        return fn
-    return register
+EVALUATORS: Registry[Runner] = Registry("tasks", "task type")
+evaluator = EVALUATORS.register  # registers the runner of one spec task type
 
 
 def get_evaluator(task_type: str) -> Runner:
     _load_families()
-    try:
-        return EVALUATORS[task_type]
-    except KeyError:
-        raise SpecError(f"tasks: unknown task type {task_type!r}; "
-                        f"expected one of {', '.join(sorted(EVALUATORS))}") from None
+    return EVALUATORS.lookup(task_type)
 
 
 def _load_families() -> None:

@@ -9,18 +9,14 @@ from decimal import Decimal, InvalidOperation
 
 import numpy as np
 
+from bitsmith.workers.registry import Registry
+
 Extractor = Callable[[str], "str | None"]
-EXTRACTORS: dict[str, Extractor] = {}
+EXTRACTORS: Registry[Extractor] = Registry("tasks.extractor", "answer extractor")
+extractor = EXTRACTORS.register
 
 _NUMBER = re.compile(r"[-+]?(?:\d[\d,]*(?:\.\d+)?|\.\d+)")
 _GSM8K = re.compile(r"####\s*([-+]?[\d,]*\.?\d+)")
-
-
-def extractor(name: str) -> Callable[[Extractor], Extractor]:
-    def register(fn: Extractor) -> Extractor:
-        EXTRACTORS[name] = fn
-        return fn
-    return register
 
 
 @extractor("last_number")

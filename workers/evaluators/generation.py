@@ -70,7 +70,7 @@ def score_generations(prompts: Sequence[str], golds: Sequence[str], outputs: Seq
                       ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Metrics (exact_match = mean correctness of all samples, pass@k, maj@k for k > 1,
     extraction_failure_rate) and one sample record per prompt."""
-    extract = EXTRACTORS[extractor]
+    extract = EXTRACTORS.lookup(extractor)
     rng = np.random.default_rng(seed)
     n = len(outputs[0]) if outputs else 0
     totals = {f"pass@{k}": 0.0 for k in ks} | {f"maj@{k}": 0.0 for k in ks if k > 1}

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from bitsmith.workers.evaluators.answers import extract_boxed, extract_last_number, gold_answer, normalize_answer
+from bitsmith.workers.registry import Registry
 
 RewardFn = Callable[[str, str], float]
 
@@ -33,22 +34,16 @@ class Reward:
         return float(self.fn(completion, answer))
 
 
-REWARDS: dict[str, Reward] = {}
+REWARDS: Registry[Reward] = Registry("rewards.name", "reward")
+get_reward = REWARDS.lookup
 
 
 def reward(name: str, *depends: Callable) -> Callable[[RewardFn], RewardFn]:
     """Register a reward function under `name`; `depends` are the helpers whose source it relies on."""
     def register(fn: RewardFn) -> RewardFn:
-        REWARDS[name] = Reward(name, fn, tuple(depends))
+        REWARDS.add(name, Reward(name, fn, tuple(depends)))
         return fn
     return register
-
-
-def get_reward(name: str) -> Reward:
-    try:
-        return REWARDS[name]
-    except KeyError:
-        raise KeyError(f"unknown reward {name!r}; expected one of {', '.join(sorted(REWARDS))}") from None
 
 
 @reward("exact_numeric", extract_last_number, normalize_answer, gold_answer)
