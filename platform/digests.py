@@ -24,6 +24,7 @@ is opened (opening a FIFO would block).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 import struct
@@ -154,6 +155,13 @@ def digest_and_size(path: str | Path) -> tuple[str, int]:
         entries = directory_manifest(path)
         return manifest_digest(entries), sum(size for _, _, size in entries)
     return digest_path(path), path.stat().st_size
+
+
+def write_artifact_meta(directory: str | Path, meta: dict[str, Any]) -> Path:
+    """Write `meta` as the `artifact.json` of `directory` (sorted keys, 2-space indent, trailing newline)."""
+    meta_file = Path(directory) / ARTIFACT_META_FILE
+    meta_file.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return meta_file
 
 
 def read_artifact_meta(path: str | Path) -> dict[str, Any]:

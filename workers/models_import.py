@@ -1,11 +1,11 @@
 """Bring local models in: check a Hugging Face directory, or convert a GGUF file to safetensors."""
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
 
+from bitsmith.platform.digests import write_artifact_meta
 from bitsmith.platform.errors import ArtifactError, DataError
 from bitsmith.platform.specs.strict import StrictInputError, load_json_file
 
@@ -94,6 +94,6 @@ def convert_gguf(gguf_file: Path, dest: Path) -> Path:
         del model.config.quantization_config
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    (tmp / "artifact.json").write_text(json.dumps({"kind": "model", "source": {"gguf": gguf_file.name}}))
+    write_artifact_meta(tmp, {"kind": "model", "source": {"gguf": gguf_file.name}})
     tmp.rename(dest)
     return dest

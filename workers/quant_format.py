@@ -27,6 +27,7 @@ from bitsmith.workers.tensorfiles import save_tensors
 from torch import nn
 
 from bitsmith.kernels.qlinear import QuantizedLinear
+from bitsmith.platform.digests import write_artifact_meta
 
 QUANT_METHOD = "bitsmith"
 FORMAT = "bitsmith-packed"
@@ -107,7 +108,7 @@ def save_quantized_model(model: nn.Module, out_dir: str | Path, quant_config: di
             if (Path(source_dir) / name).is_file():
                 shutil.copyfile(Path(source_dir) / name, out_dir / name)
     if artifact_meta is not None:
-        (out_dir / "artifact.json").write_text(json.dumps(artifact_meta, indent=2, sort_keys=True) + "\n")
+        write_artifact_meta(out_dir, artifact_meta)
     return out_dir
 
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from bitsmith.platform.context import OutputArtifact, RunContext, WorkerOutputs
-from bitsmith.platform.digests import ARTIFACT_META_FILE
+from bitsmith.platform.digests import write_artifact_meta
 from bitsmith.platform.errors import DataError, JobError
 from bitsmith.platform.specs.train import LlamaArch, TrainSpec
 from bitsmith.workers.data.batches import IGNORE, TokenBlocks, batch_indices, pack_documents, sft_examples, unigram_ppl
@@ -278,7 +278,7 @@ def write_model(path: Path, model, tokenizer, spec: TrainSpec, parameters: int, 
         "layers": model.config.num_hidden_layers, "hidden_size": model.config.hidden_size}
     if base is not None:
         meta["base_model"] = base
-    (path / ARTIFACT_META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    write_artifact_meta(path, meta)
     return path
 
 

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from bitsmith.platform.digests import ARTIFACT_META_FILE, sha256_file
+from bitsmith.platform.digests import ARTIFACT_META_FILE, sha256_file, write_artifact_meta
 from bitsmith.platform.errors import DataError
 
 SPLITS: tuple[str, ...] = ("train", "calibration", "test")
@@ -135,7 +135,7 @@ def write_dataset(dest_dir: str | Path, format: str, splits: dict[str, list[dict
                     f.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
             meta_splits[name] = {"file": file.name, "sha256": sha256_file(file), "records": len(records)}
         meta = {"kind": "dataset", "format": format, "source": source, "splits": meta_splits, **extra}
-        (tmp / ARTIFACT_META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        write_artifact_meta(tmp, meta)
         if dest.exists():
             dest.rmdir()
         os.rename(tmp, dest)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from bitsmith.platform.context import OutputArtifact
+from bitsmith.platform.digests import write_artifact_meta
 from bitsmith.platform.errors import DataError
 from bitsmith.platform.specs.eval import KLTask, metric_prefix
 
@@ -107,7 +108,7 @@ def save_reference_logits(directory: str | Path, reference: dict[str, torch.Tens
     directory.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in reference.items()}, str(directory / LOGITS_FILE),
               metadata={k: json.dumps(v) for k, v in metadata.items()})
-    (directory / "artifact.json").write_text(json.dumps({"kind": "logits", **metadata}, indent=2, sort_keys=True))
+    write_artifact_meta(directory, {"kind": "logits", **metadata})
     return directory
 
 

@@ -1,11 +1,10 @@
 """Outputs of an `rl` run: the trained policy as a Hugging Face directory, and the learning curve PNG."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from bitsmith.platform.digests import ARTIFACT_META_FILE
+from bitsmith.platform.digests import write_artifact_meta
 from bitsmith.workers.data.tokenizer import save_tokenizer
 
 
@@ -17,7 +16,7 @@ def write_model(path: Path, model, tokenizer, base: str, rl: dict[str, Any]) -> 
             "architecture": model.config.architectures[0] if model.config.architectures else type(model).__name__,
             "parameters": sum(p.numel() for p in model.parameters()), "dtype": "float32",
             "train_mode": "rl", "base_model": base, "rl": rl}
-    (path / ARTIFACT_META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    write_artifact_meta(path, meta)
     return path
 
 
