@@ -29,17 +29,12 @@ def run_sweep_cmd(ctx: click.Context, sweep_file: Path, overrides: tuple[str, ..
     import sys
 
     from ..specs import apply_overrides, read_spec_file
-    from ..sweeps import child_specs, create_sweep, load_sweep_spec, run_sweep
+    from ..sweeps import child_specs, create_sweep, describe_plan, load_sweep_spec, run_sweep
 
     data = apply_overrides(read_spec_file(sweep_file), overrides)
     spec = load_sweep_spec(data, source=str(sweep_file))
     children = child_specs(spec)  # every child validated before anything is written (optuna: a representative)
-    plan = f"{len(children)} children"
-    if spec.strategy == "optuna":
-        from ..sweep_optuna import require_optuna, sampler_name
-
-        require_optuna()
-        plan = f"{spec.optuna.trials} children chosen by optuna ({sampler_name(spec)})"  # type: ignore[union-attr]
+    plan = describe_plan(spec, len(children))
     db = open_db(ctx)
     from ..task_files import import_base_task_files
 
@@ -142,7 +137,7 @@ def show_cmd(ctx: click.Context, sweep_ref: str, plot: Path | None, as_json: boo
 def _show(ctx: click.Context, sweep_ref: str, *, as_json: bool, plot: Path | None) -> None:
     from rich.table import Table
 
-    from ..sweeps import sweep_results
+    from ..sweeps import plot_objectives, sweep_results
 
     db = open_db(ctx)
     spec, rows = sweep_results(db, sweep_ref)
@@ -166,34 +161,6 @@ def _show(ctx: click.Context, sweep_ref: str, *, as_json: bool, plot: Path | Non
         if metrics:
             info("* = on the Pareto front of " + ", ".join(f"{o.metric} ({o.goal})" for o in spec.objectives))
     if plot is not None:
-        _plot(spec, rows, plot)
+        plot_objectives(spec, rows, plot)
         info(f"wrote {plot}")
 
-
-def _plot(spec: object, rows: list, path: Path) -> None:
-    from ..errors import UsageError
-
-    objectives = spec.objectives  # type: ignore[attr-defined]
-    if len(objectives) < 2:
-        raise UsageError("sweep show --plot: needs two objectives in the sweep spec (x and y of the plot)")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    (mx, my) = objectives[0].metric, objectives[1].metric
-    pts = [(r.metrics[mx], r.metrics[my], r.pareto) for r in rows if mx in r.metrics and my in r.metrics]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.scatter([p[0] for p in pts if not p[2]], [p[1] for p in pts if not p[2]], color="gray", label="children")
-    front = sorted((p[0], p[1]) for p in pts if p[2])
-    if front:
-        ax.plot(*zip(*front), marker="o", color="C3", label="Pareto front")
-    ax.set_xlabel(f"{mx} ({objectives[0].goal})")
-    ax.set_ylabel(f"{my} ({objectives[1].goal})")
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)

@@ -1,11 +1,15 @@
-"""Sweep specs: a base job spec plus parameters over dotted spec paths (grid, random, zip or optuna).
+"""Sweep specs: a base job spec plus parameters over dotted spec paths, searched by one strategy.
 
 A sweep file is its own document (`kind: sweep`), not a job: `bitsmith sweep run FILE` expands it into
-child job specs, each validated like any `bitsmith submit`.
+child job specs, each validated like any `bitsmith submit`. The strategy is a tagged union with its own
+fields: `strategy: {type: grid}` (or `strategy: grid`), `{type: zip}`, `{type: random, samples: N, seed: S}`,
+`{type: optuna, trials: N, sampler: tpe, seed: S}`. The flat form of earlier sweep files and of sweeps stored
+by earlier versions (`samples`/`seed` beside `strategy: random`, `optuna: {...}` beside `strategy: optuna`)
+is read as the same spec.
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, model_validator
 
@@ -32,64 +36,65 @@ class RandomParam(StrictModel):
         return self
 
 
-class OptunaSearch(StrictModel):
-    """How the `optuna` strategy searches: which sampler, how many children in total, the sampler's seed."""
-
-    sampler: Literal["tpe", "nsga2", "random"] | None = Field(
-        None, description="default: tpe for one objective, nsga2 for several")
-    trials: int = Field(ge=1, description="children in total; a resumed sweep continues up to this many")
-    seed: int = Field(0, ge=0, description="seed of the sampler (not of the children)")
-
-
 class Objective(StrictModel):
     metric: str = Field(description="a final metric of the child runs, e.g. test/token_ppl")
     goal: Literal["min", "max"] = "min"
 
 
-class SweepSpec(StrictModel):
-    kind: Literal["sweep"] = "sweep"
-    name: str | None = Field(None, max_length=200)
-    base: dict[str, Any] = Field(description="a job spec (any kind) that every child starts from")
-    strategy: Literal["grid", "random", "zip", "optuna"] = "grid"
-    parameters: dict[str, tuple[Any, ...] | RandomParam] = Field(
-        min_length=1, description="dotted spec path -> values (grid, zip, optuna) or a RandomParam (random, optuna)")
-    samples: int | None = Field(None, ge=1, description="children drawn by the random strategy")
-    seed: int = Field(0, ge=0, description="seed of the random strategy (not of the children)")
-    constraints: tuple[str, ...] = Field(
-        (), description="expressions over the parameters, e.g. 'bits >= 3 or method.type == \"gptq\"'; "
-                        "combinations where one is false are skipped")
-    max_concurrency: int = Field(4, ge=1, description="children running at once")
-    objectives: tuple[Objective, ...] = ()
-    optuna: OptunaSearch | None = Field(None, description="sampler, trials and seed of the optuna strategy")
+def _value_lists(strategy: str, parameters: dict[str, Any]) -> dict[str, tuple[Any, ...]]:
+    """The parameters as value lists, refusing ranges and empty lists (grid and zip)."""
+    if any(isinstance(v, RandomParam) for v in parameters.values()):
+        raise ValueError(f"strategy {strategy} takes lists of values for every parameter")
+    if any(len(v) == 0 for v in parameters.values()):
+        raise ValueError("every parameter needs at least one value")
+    return parameters
 
-    @model_validator(mode="after")
-    def _strategy_fits(self) -> "SweepSpec":
-        lists = {k: v for k, v in self.parameters.items() if not isinstance(v, RandomParam)}
-        if self.strategy in ("grid", "zip") and len(lists) != len(self.parameters):
-            raise ValueError(f"strategy {self.strategy} takes lists of values for every parameter")
-        if self.strategy in ("grid", "zip") and any(len(v) == 0 for v in lists.values()):
-            raise ValueError("every parameter needs at least one value")
-        if self.strategy == "zip" and len({len(v) for v in lists.values()}) > 1:
+
+class GridStrategy(StrictModel):
+    """Every combination of the parameters' value lists."""
+
+    type: Literal["grid"] = "grid"
+
+    def check_fits(self, parameters: dict[str, Any], objectives: tuple[Objective, ...]) -> None:
+        _value_lists(self.type, parameters)
+
+
+class ZipStrategy(StrictModel):
+    """The i-th value of every parameter together: equally long value lists."""
+
+    type: Literal["zip"] = "zip"
+
+    def check_fits(self, parameters: dict[str, Any], objectives: tuple[Objective, ...]) -> None:
+        lists = _value_lists(self.type, parameters)
+        if len({len(v) for v in lists.values()}) > 1:
             lengths = {k: len(v) for k, v in lists.items()}
             raise ValueError(f"strategy zip needs equally long value lists; got {lengths}")
-        if self.strategy == "random" and self.samples is None:
-            raise ValueError("strategy random needs `samples`")
-        if self.strategy == "optuna":
-            self._optuna_fits()
-        elif self.optuna is not None:
-            raise ValueError(f"optuna: only for strategy optuna (this sweep's strategy is {self.strategy})")
-        return self
 
-    def _optuna_fits(self) -> None:
-        if self.optuna is None:
-            raise ValueError("optuna: strategy optuna needs `optuna: {trials: N}` (and optionally sampler, seed)")
-        if not self.objectives:
+
+class RandomStrategy(StrictModel):
+    """`samples` combinations drawn with `seed` from value lists, `choices` or [low, high] ranges."""
+
+    type: Literal["random"] = "random"
+    samples: int = Field(ge=1, description="children drawn")
+    seed: int = Field(0, ge=0, description="seed of the draw (not of the children)")
+
+    def check_fits(self, parameters: dict[str, Any], objectives: tuple[Objective, ...]) -> None:
+        """Every parameter form is sampleable."""
+
+
+class OptunaStrategy(StrictModel):
+    """Children picked by Optuna while the sweep runs: which sampler, how many children, the sampler's seed."""
+
+    type: Literal["optuna"] = "optuna"
+    sampler: Literal["tpe", "nsga2", "random"] | None = Field(
+        None, description="default: tpe for one objective, nsga2 for several")
+    trials: int = Field(ge=1, description="children in total; a resumed sweep continues up to this many")
+    seed: int = Field(0, ge=0, description="seed of the sampler (not of the children)")
+
+    def check_fits(self, parameters: dict[str, Any], objectives: tuple[Objective, ...]) -> None:
+        if not objectives:
             raise ValueError("objectives: strategy optuna needs at least one objective to optimize")
-        if self.samples is not None:
-            raise ValueError("samples: strategy optuna counts its children with `optuna.trials`")
-        if self.seed != 0:
-            raise ValueError("seed: strategy optuna seeds its sampler with `optuna.seed`")
-        for name, param in self.parameters.items():
+        for name, param in parameters.items():
             values = param if not isinstance(param, RandomParam) else param.choices
             if values is not None and not values:
                 raise ValueError(f"parameters.{name}: needs at least one value")
@@ -101,3 +106,66 @@ class SweepSpec(StrictModel):
                     float(param.low).is_integer() and float(param.high).is_integer()):  # type: ignore[arg-type]
                 raise ValueError(f"parameters.{name}: an integer range needs whole-number low and high for "
                                  f"strategy optuna; got [{param.low}, {param.high}]")
+
+
+Strategy = Annotated[Union[GridStrategy, ZipStrategy, RandomStrategy, OptunaStrategy], Field(discriminator="type")]
+_FLAT_KEYS = ("samples", "seed", "optuna")  # strategy fields of the flat form, beside `strategy: NAME`
+
+
+def _flat_strategy(name: str, flat: dict[str, Any]) -> Any:
+    """`strategy: NAME` plus the flat keys as the strategy's own mapping (stored defaults dropped)."""
+    given = {k: v for k, v in flat.items() if (k, v) not in (("samples", None), ("seed", 0), ("optuna", None))}
+    if "optuna" in given and name != "optuna":
+        raise ValueError(f"optuna: only for strategy optuna (this sweep's strategy is {name})")
+    if name == "random":
+        return {"type": name, **given}
+    if name == "optuna":
+        if "samples" in given:
+            raise ValueError("samples: strategy optuna counts its children with `optuna.trials`")
+        if "seed" in given:
+            raise ValueError("seed: strategy optuna seeds its sampler with `optuna.seed`")
+        if "optuna" not in given:
+            raise ValueError("optuna: strategy optuna needs `optuna: {trials: N}` (and optionally sampler, seed)")
+        if not isinstance(given["optuna"], dict):
+            raise ValueError("optuna: expected a mapping {trials: N, sampler: ..., seed: ...}")
+        return {"type": name, **given["optuna"]}
+    if given:
+        key = next(iter(given))
+        raise ValueError(f"{key}: only for strategy random; expected no {key} for strategy {name}")
+    return {"type": name}
+
+
+class SweepSpec(StrictModel):
+    kind: Literal["sweep"] = "sweep"
+    name: str | None = Field(None, max_length=200)
+    base: dict[str, Any] = Field(description="a job spec (any kind) that every child starts from")
+    strategy: Strategy = Field(default_factory=GridStrategy,
+                               description="grid, zip, random {samples, seed} or optuna {trials, sampler, seed}")
+    parameters: dict[str, tuple[Any, ...] | RandomParam] = Field(
+        min_length=1, description="dotted spec path -> values (grid, zip, optuna) or a RandomParam (random, optuna)")
+    constraints: tuple[str, ...] = Field(
+        (), description="expressions over the parameters, e.g. 'bits >= 3 or method.type == \"gptq\"'; "
+                        "combinations where one is false are skipped")
+    max_concurrency: int = Field(4, ge=1, description="children running at once")
+    objectives: tuple[Objective, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_strategy_name(cls, data: Any) -> Any:
+        """`strategy: NAME` is `{type: NAME}`; with the flat form's keys beside it, they go inside."""
+        if not isinstance(data, dict):
+            return data
+        flat = {k: data[k] for k in _FLAT_KEYS if k in data}
+        strategy = data.get("strategy", "grid")
+        if not isinstance(strategy, str):
+            if flat:
+                key = next(iter(flat))
+                raise ValueError(f"{key}: belongs inside `strategy` (e.g. strategy: {{type: random, samples: 20}})")
+            return data
+        rest = {k: v for k, v in data.items() if k not in _FLAT_KEYS}
+        return {**rest, "strategy": _flat_strategy(strategy, flat)}
+
+    @model_validator(mode="after")
+    def _strategy_fits(self) -> "SweepSpec":
+        self.strategy.check_fits(self.parameters, self.objectives)
+        return self

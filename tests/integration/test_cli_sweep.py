@@ -47,3 +47,22 @@ def test_sweep_plot_needs_two_objectives_and_writes_png(cli, tmp_path) -> None:
     png = tmp_path / "pareto.png"
     cli("sweep", "show", sweep_id[:10], "--plot", png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sweep_stored_in_the_flat_form_of_earlier_versions_still_shows_and_resumes(cli) -> None:
+    import json
+    import sqlite3
+
+    spec = SWEEP.replace("strategy: grid", "strategy: {type: random, samples: 3, seed: 1}").replace(
+        "metrics: [1, 3, 5]", "metrics: {choices: [1, 3, 5]}").replace("fail: [false, true]", "fail: [false]")
+    first = cli("sweep", "run", cli.write_spec("r.yaml", spec), "--executor", "local", "--json").json()
+    with sqlite3.connect(cli.home / "bitsmith.db") as conn:  # as earlier versions stored every sweep
+        (sweep_id, stored), = conn.execute("SELECT id, spec FROM sweeps").fetchall()
+        canonical = json.loads(stored)
+        assert canonical["strategy"] == {"type": "random", "samples": 3, "seed": 1}
+        flat = {**canonical, "strategy": "random", "samples": 3, "seed": 1, "optuna": None}
+        conn.execute("UPDATE sweeps SET spec = ?", (json.dumps(flat),))
+    assert cli("sweep", "show", sweep_id[:10], "--json").json() == first
+    assert "nsweep" in cli("sweep", "status", sweep_id[:10]).out
+    resumed = cli("sweep", "resume", sweep_id[:10], "--executor", "local", "--json")
+    assert "0 children ran on resume" in resumed.err and resumed.json() == first

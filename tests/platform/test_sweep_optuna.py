@@ -11,9 +11,9 @@ import pytest
 from bitsmith.platform import store
 from bitsmith.platform.config import Settings
 from bitsmith.platform.errors import SpecError, UsageError
-from bitsmith.platform.specs.sweep import OptunaSearch
-from bitsmith.platform.sweep_optuna import _samplers, require_optuna, run_optuna_sweep, sampler_name
+from bitsmith.platform.specs.sweep import OptunaStrategy
 from bitsmith.platform.sweeps import OPTUNA_TRIAL_TAG, child_specs, load_sweep_spec, run_sweep, sweep_results
+from bitsmith.platform.sweeps.optuna import _samplers, require_optuna, run_optuna_sweep, sampler_name
 
 optuna = pytest.importorskip("optuna")  # the optional extra (the test extra installs it)
 
@@ -21,9 +21,10 @@ MAX_LOGGED = {"metric": "noop/metrics_logged", "goal": "max"}
 
 
 def optuna_sweep(**kw):
-    spec = {"kind": "sweep", "name": "opt", "base": {"kind": "noop", "payload": "optuna"}, "strategy": "optuna",
+    spec = {"kind": "sweep", "name": "opt", "base": {"kind": "noop", "payload": "optuna"},
+            "strategy": {"type": "optuna", "trials": 8},
             "parameters": {"metrics": {"low": 0, "high": 30, "integer": True}}, "max_concurrency": 2,
-            "objectives": [MAX_LOGGED], "optuna": {"trials": 8}}
+            "objectives": [MAX_LOGGED]}
     return load_sweep_spec({**spec, **kw})
 
 
@@ -64,7 +65,7 @@ def test_nsga2_two_objectives_marks_pareto_front_and_missing_metric_fails_trial(
     # the most; metrics == 0 logs no noop/value, which makes a failed trial, off the front.
     sweep = optuna_sweep(parameters={"metrics": [0, 1, 2, 3, 4, 5, 6, 7], "payload": ["a", "b"]},
                          objectives=[MAX_LOGGED, {"metric": "noop/value", "goal": "max"}],
-                         optuna={"trials": 10, "seed": 1})
+                         strategy={"type": "optuna", "trials": 10, "seed": 1})
     assert sampler_name(sweep) == "nsga2"
     sweep_id = start(settings, sweep)
     run_optuna_sweep(sweep_id, settings, executor="local", no_cache=False, on_finish=None)
@@ -78,7 +79,8 @@ def test_nsga2_two_objectives_marks_pareto_front_and_missing_metric_fails_trial(
 
 
 def test_constraints_skip_infeasible_suggestions(settings: Settings) -> None:
-    sweep = optuna_sweep(parameters={"metrics": [1, 2, 3, 4]}, constraints=["metrics != 3"], optuna={"trials": 6})
+    sweep = optuna_sweep(parameters={"metrics": [1, 2, 3, 4]}, constraints=["metrics != 3"],
+                         strategy={"type": "optuna", "trials": 6})
     sweep_id = start(settings, sweep)
     run_optuna_sweep(sweep_id, settings, executor="local")
     _, rows = sweep_results(store.open_database(settings.db_url), sweep_id)
@@ -91,7 +93,8 @@ class Interrupted(Exception):
 
 def test_resume_continues_to_the_total_without_rerunning_finished_trials(settings: Settings) -> None:
     sweep = optuna_sweep(parameters={"metrics": {"low": 0, "high": 50, "integer": True},
-                                     "sleep_s": {"low": 0.0, "high": 0.001}}, optuna={"trials": 7})
+                                     "sleep_s": {"low": 0.0, "high": 0.001}},
+                         strategy={"type": "optuna", "trials": 7})
     sweep_id = start(settings, sweep)
     finished: list[str] = []
 
@@ -120,7 +123,7 @@ def test_resume_continues_to_the_total_without_rerunning_finished_trials(setting
 
 
 def test_repeated_trials_of_one_config_are_cache_hits(settings: Settings) -> None:
-    sweep = optuna_sweep(parameters={"metrics": [2, 3]}, max_concurrency=4, optuna={"trials": 6})
+    sweep = optuna_sweep(parameters={"metrics": [2, 3]}, max_concurrency=4, strategy={"type": "optuna", "trials": 6})
     sweep_id = start(settings, sweep)
     finals = run_optuna_sweep(sweep_id, settings, executor="local")
     db = store.open_database(settings.db_url)
@@ -138,7 +141,8 @@ def test_tpe_finds_the_optimum_that_random_search_may_miss(settings: Settings) -
     # not worse than random search with the same seed and the same number of trials.
     best = {}
     for sampler in ("tpe", "random"):
-        sweep_id = start(settings, optuna_sweep(optuna={"trials": 20, "sampler": sampler, "seed": 0}))
+        strategy = {"type": "optuna", "trials": 20, "sampler": sampler, "seed": 0}
+        sweep_id = start(settings, optuna_sweep(strategy=strategy))
         run_optuna_sweep(sweep_id, settings, executor="local")
         _, rows = sweep_results(store.open_database(settings.db_url), sweep_id)
         best[sampler] = rows[0].metrics["noop/metrics_logged"]
@@ -151,16 +155,22 @@ def test_representative_child_and_spec_errors_name_the_field() -> None:
                                                     "payload": ["p", "q"]}))
     assert len(children) == 1 and children[0][0] == {"metrics": 2, "payload": "p"}
     assert children[0][1].tags == (f"{OPTUNA_TRIAL_TAG}0",)
+    flat = {"strategy": "optuna", "optuna": {"trials": 8}}  # the flat form of earlier sweep files
     cases = [({"objectives": []}, "objectives: strategy optuna needs at least one objective"),
-             ({"optuna": None}, "optuna: strategy optuna needs"),
-             ({"samples": 5}, "samples: strategy optuna counts"),
-             ({"seed": 3}, "seed: strategy optuna seeds its sampler with `optuna.seed`"),
+             ({"strategy": {"type": "optuna"}}, "strategy.optuna.trials: Field required"),
+             ({"strategy": {"type": "optuna", "trials": 3, "samples": 5}}, "strategy.optuna.samples: unknown field"),
+             ({**flat, "optuna": None}, "optuna: strategy optuna needs"),
+             ({**flat, "samples": 5}, "samples: strategy optuna counts"),
+             ({**flat, "seed": 3}, "seed: strategy optuna seeds its sampler with `optuna.seed`"),
              ({"parameters": {"metrics": [[1, 2]]}}, "parameters.metrics: strategy optuna takes values"),
              ({"parameters": {"metrics": {"choices": []}}}, "parameters.metrics: needs at least one value"),
              ({"parameters": {"metrics": {"low": 0.5, "high": 3, "integer": True}}}, "parameters.metrics: an integer"),
-             ({"strategy": "grid", "parameters": {"metrics": [1]}}, "optuna: only for strategy optuna"),
-             ({"optuna": {"trials": 0}}, "optuna.trials"),
-             ({"optuna": {"trials": 3, "sampler": "cmaes"}}, "optuna.sampler")]
+             ({"strategy": "grid", "optuna": {"trials": 8}, "parameters": {"metrics": [1]}},
+              "optuna: only for strategy optuna"),
+             ({"strategy": {"type": "optuna", "trials": 0}}, "strategy.optuna.trials"),
+             ({**flat, "optuna": {"trials": 0}}, "optuna.trials"),
+             ({"strategy": {"type": "optuna", "trials": 3, "sampler": "cmaes"}}, "strategy.optuna.sampler"),
+             ({**flat, "optuna": {"trials": 3, "sampler": "cmaes"}}, "optuna.sampler")]
     for change, message in cases:
         with pytest.raises(SpecError, match=message.replace("(", r"\(")):
             optuna_sweep(**change)
@@ -169,7 +179,7 @@ def test_representative_child_and_spec_errors_name_the_field() -> None:
 
 
 def test_sampler_registry_matches_the_spec_and_missing_extra_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    names = get_args(get_args(OptunaSearch.model_fields["sampler"].annotation)[0])
+    names = get_args(get_args(OptunaStrategy.model_fields["sampler"].annotation)[0])
     assert set(_samplers(optuna)) == set(names)
     monkeypatch.setitem(sys.modules, "optuna", None)  # as if the extra were not installed
     with pytest.raises(UsageError, match=r"strategy optuna needs the optuna extra: pip install 'bitsmith\[optuna\]'"):

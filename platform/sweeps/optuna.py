@@ -3,7 +3,7 @@
 Optuna is an optional extra, imported only when such a sweep runs. The study lives in memory and is
 rebuilt from the store on every start, so `bitsmith sweep resume` continues a sweep whose submitting
 process died: finished children become finished trials, children that never finished run again under
-their trial number, and new trials are asked until the sweep has `optuna.trials` children. Each child
+their trial number, and new trials are asked until the sweep has `strategy.trials` children. Each child
 carries its trial number as a tag (`optuna-trial:N`); its parameters are read back from its spec.
 """
 from __future__ import annotations
@@ -13,11 +13,14 @@ import math
 from collections import deque
 from typing import Any, Callable
 
-from . import store
-from .config import Settings
-from .errors import SpecError, UsageError
-from .specs.sweep import RandomParam, SweepSpec
-from .store.records import SUCCEEDED, TERMINAL_STATUSES
+from .. import store
+from ..config import Settings
+from ..errors import SpecError, UsageError
+from ..specs import semantic_json
+from ..specs.sweep import OptunaStrategy, RandomParam, SweepSpec
+from ..store.records import SUCCEEDED, TERMINAL_STATUSES
+from .constraints import check_constraint
+from .expand import OPTUNA_TRIAL_TAG, child_spec, load_sweep_spec, spec_value
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +38,25 @@ def require_optuna() -> Any:
     return optuna
 
 
+def _strategy(sweep: SweepSpec) -> OptunaStrategy:
+    if not isinstance(sweep.strategy, OptunaStrategy):
+        raise UsageError(f"strategy {sweep.strategy.type}: not an optuna sweep; expected strategy optuna")
+    return sweep.strategy
+
+
 def sampler_name(sweep: SweepSpec) -> str:
     """The sampler a sweep uses: its own choice, else tpe for one objective and nsga2 for several."""
-    assert sweep.optuna is not None  # the spec validator guarantees it for strategy optuna
-    return sweep.optuna.sampler or ("tpe" if len(sweep.objectives) == 1 else "nsga2")
+    return _strategy(sweep).sampler or ("tpe" if len(sweep.objectives) == 1 else "nsga2")
+
+
+def describe_plan(sweep: SweepSpec, children: int) -> str:
+    """The plan line of `sweep run` (`children` is the one representative); needs the optuna extra."""
+    require_optuna()
+    return f"{_strategy(sweep).trials} children chosen by optuna ({sampler_name(sweep)})"
 
 
 def _samplers(optuna: Any) -> dict[str, Callable[[int], Any]]:
-    """Sampler name (the spec's `optuna.sampler` values) -> factory taking the seed."""
+    """Sampler name (the spec's `strategy.sampler` values) -> factory taking the seed."""
     return {"tpe": lambda seed: optuna.samplers.TPESampler(seed=seed),
             "nsga2": lambda seed: optuna.samplers.NSGAIISampler(seed=seed),
             "random": lambda seed: optuna.samplers.RandomSampler(seed=seed)}
@@ -67,26 +81,24 @@ def search_space(sweep: SweepSpec) -> dict[str, Any]:
 
 def run_optuna_sweep(sweep_id: str, settings: Settings, *, executor: str = "ray", no_cache: bool = False,
                      on_finish: Callable[[str, str], None] | None = None) -> dict[str, str]:
-    """Ask up to `max_concurrency` trials, run their children, tell the results; repeat until `optuna.trials`.
+    """Ask up to `max_concurrency` trials, run their children, tell the results; repeat until `strategy.trials`.
 
     Returns run id -> final status of the children run by this call (cache hits are told at once, not run).
     """
     optuna = require_optuna()
     from optuna.trial import TrialState
 
-    from .provenance import code_version
-    from .scheduler.ray_executor import EXECUTORS
-    from .scheduler.submit import record_submission, resolve_inputs
-    from .specs import semantic_json
-    from .sweeps import check_constraint, child_spec, load_sweep_spec
+    from ..provenance import code_version
+    from ..scheduler.ray_executor import EXECUTORS
+    from ..scheduler.submit import record_submission, resolve_inputs
 
     db = store.open_database(settings.db_url)
     record = store.get_sweep(db, sweep_id)
     sweep = load_sweep_spec(record.spec, source=f"sweep {record.id}")
-    assert sweep.optuna is not None
+    strategy = _strategy(sweep)
     space = search_space(sweep)
     # A resumed sweep reseeds its sampler past the trials it has, or it would repeat its first suggestions.
-    seed = sweep.optuna.seed + len(record.run_ids)
+    seed = strategy.seed + len(record.run_ids)
     study = optuna.create_study(study_name=f"sweep-{record.id}",
                                 directions=[_DIRECTIONS[o.goal] for o in sweep.objectives],
                                 sampler=_samplers(optuna)[sampler_name(sweep)](seed))
@@ -126,7 +138,7 @@ def run_optuna_sweep(sweep_id: str, settings: Settings, *, executor: str = "ray"
     held = None  # a trial whose child equals one in the running batch: submitted after it, as a cache hit
     while True:
         batch: dict[str, tuple[Any, str]] = {}  # semantic spec -> (trial, run id)
-        while len(batch) < sweep.max_concurrency and (held or retry or len(numbers) < sweep.optuna.trials):
+        while len(batch) < sweep.max_concurrency and (held or retry or len(numbers) < strategy.trials):
             trial, number, spec = held or ask()
             held = None
             key = semantic_json(spec.with_resolved_inputs(resolve_inputs(db, spec, record.resolved_inputs)))
@@ -173,8 +185,6 @@ def _rebuild_study(db: Any, record: Any, sweep: SweepSpec, study: Any,
     import optuna
     from optuna.trial import TrialState
 
-    from .sweeps import OPTUNA_TRIAL_TAG, _at
-
     newest: dict[int, Any] = {}  # trial number -> its newest child (a re-run supersedes a dead one)
     for run_id in record.run_ids:  # oldest first
         run = store.get_run(db, run_id)
@@ -183,7 +193,7 @@ def _rebuild_study(db: Any, record: Any, sweep: SweepSpec, study: Any,
             newest[number] = run
     unfinished = []
     for number, run in sorted(newest.items()):
-        params = {name: _param_value(dist, _at(run.spec, name)) for name, dist in space.items()}
+        params = {name: _param_value(dist, spec_value(run.spec, name)) for name, dist in space.items()}
         if run.status not in TERMINAL_STATUSES:
             unfinished.append((run.id, number, params))
             continue
