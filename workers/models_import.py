@@ -51,8 +51,9 @@ def describe_hf_model(path: Path) -> dict[str, Any]:
     weights = sorted(p.name for p in path.glob("*.safetensors"))
     if not weights:
         pickled = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
+        found = f" (found pickle files: {', '.join(pickled)})" if pickled else ""
         raise DataError(
-            f"{path}: no *.safetensors weights{' (found pickle files: ' + ', '.join(pickled) + ')' if pickled else ''}; "
+            f"{path}: no *.safetensors weights{found}; "
             "expected safetensors (bitsmith never loads pickles from artifacts)",
             hint="convert once with transformers: model.save_pretrained(dir, safe_serialization=True)")
     refuse_code_and_pickles(path)

@@ -70,7 +70,8 @@ def register_artifact(db: Database, *, digest: str, kind: str, name: str | None,
     def body(conn: Connection) -> ArtifactRecord:
         inserted = conn.execute(statement, values).rowcount == 1
         if name is not None and "/" not in name:
-            conn.execute(insert(artifact_names_t), {"name": name, "digest": digest, "registered_at": values["created_at"]})
+            conn.execute(insert(artifact_names_t),
+                         {"name": name, "digest": digest, "registered_at": values["created_at"]})
         if inserted:  # the row is what we wrote
             return ArtifactRecord(**values)
         return artifact_from_row(conn.execute(select(artifacts_t).where(artifacts_t.c.digest == digest)).one())

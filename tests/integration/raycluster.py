@@ -102,7 +102,8 @@ class LocalRayCluster:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if node.proc.poll() is not None:
-                raise RuntimeError(f"ray node {node.name} exited {node.proc.returncode}:\n{node.log.read_text()[-3000:]}")
+                raise RuntimeError(f"ray node {node.name} exited {node.proc.returncode}:\n"
+                                   f"{node.log.read_text()[-3000:]}")
             self.remember_pids()
             if all(n.raylet() is not None for n in self.nodes if n.proc.poll() is None) and _registered(node):
                 return

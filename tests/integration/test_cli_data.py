@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 
 
 def test_builtin_corpus_and_arithmetic_are_content_addressed(cli) -> None:

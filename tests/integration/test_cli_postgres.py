@@ -19,7 +19,7 @@ def test_cli_on_postgres(tmp_path, pg_url, make_cli) -> None:
     again = cli("submit", spec, "--executor", "local", "--wait", "--json").json()
     assert again["cache_hit_of"] == first["run_id"]
     digest = first["outputs"]["result"]
-    consumer = cli.write_spec("c.yaml", f"kind: noop\nname: consumer\ninputs: {{data: on-pg/result}}\n")
+    consumer = cli.write_spec("c.yaml", "kind: noop\nname: consumer\ninputs: {data: on-pg/result}\n")
     second = cli("submit", consumer, "--executor", "local", "--wait", "--json").json()
     tree = cli("lineage", f"run:{second['run_id'][:10]}").out
     assert "on-pg" in tree and digest[:12] in tree

@@ -1,6 +1,8 @@
 """Every spec in examples/ validates, and the demo pipeline refers only to spec files that exist."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,3 +33,20 @@ def test_demo_pipeline_jobs_validate() -> None:
             spec = load_spec(job.spec_file, job.overrides)
             names.add(spec.name)
     assert len(names) == sum(len(s.jobs) for s in stages), "every demo job needs its own name"
+
+
+def test_demo_needs_no_optional_extra() -> None:
+    """`make demo` installs only the package: no demo job exports, evaluates with lm_eval or sweeps, and the
+    workers it runs import with lm_eval, optuna, compressed-tensors, triton and psycopg unavailable."""
+    kinds = set()
+    for stage in load_pipeline(EXAMPLES / "demo" / "pipeline.yaml"):
+        for job in stage.jobs:
+            spec = load_spec(job.spec_file, job.overrides)
+            kinds.add(spec.kind)
+            assert getattr(spec, "export", "none") == "none" and getattr(spec, "backend", "native") == "native"
+    assert "sweep" not in kinds
+    blocked = ("lm_eval", "optuna", "compressed_tensors", "triton", "psycopg")
+    code = (f"import sys\nfor name in {blocked!r}:\n    sys.modules[name] = None\n"
+            "import importlib\nimport bitsmith.platform.cli.main, bitsmith.platform.pipeline\n"
+            f"for kind in {sorted(kinds)!r}:\n    importlib.import_module('bitsmith.workers.' + kind)\n")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)

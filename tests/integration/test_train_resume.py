@@ -15,7 +15,8 @@ pytestmark = pytest.mark.ray
 SPEC = """kind: train
 name: tiny-{tag}
 inputs: {{corpus: corpus-pydoc}}
-mode: {{type: pretrain, arch: {{layers: 1, hidden_size: 64, heads: 2, max_seq_len: 64}}, tokenizer: {{vocab_size: 512}}}}
+mode: {{type: pretrain, arch: {{layers: 1, hidden_size: 64, heads: 2, max_seq_len: 64}},
+       tokenizer: {{vocab_size: 512}}}}
 steps: 240
 batch_size: 4
 seq_len: 64

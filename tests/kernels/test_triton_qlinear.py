@@ -144,7 +144,8 @@ def test_cpu_forward_never_imports_triton_and_works_without_it():
     code = (
         "import sys, torch\n"
         "from bitsmith.kernels import qlinear, quantizers\n"
-        "layer = qlinear.QuantizedLinear.from_quantized(quantizers.quantize_rtn(torch.randn(8, 32), bits=4, group_size=32))\n"
+        "weight = quantizers.quantize_rtn(torch.randn(8, 32), bits=4, group_size=32)\n"
+        "layer = qlinear.QuantizedLinear.from_quantized(weight)\n"
         "y = layer(torch.randn(3, 32))\n"
         "assert 'triton' not in sys.modules, 'triton imported on the CPU path'\n"
         "sys.modules['triton'] = None  # as if triton were not installed\n"

@@ -33,7 +33,7 @@ def test_platform_module_in_ray_task(ray_from_repo_root) -> None:
         import platform
         import sys
 
-        import bitsmith.platform.specs  # the package still imports under its own name
+        import bitsmith.platform.specs  # noqa: F401  (the package still imports under its own name)
 
         return platform.__file__, platform.system(), sys.path[0]
 

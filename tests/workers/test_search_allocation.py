@@ -121,7 +121,7 @@ def test_coarsened_dp_stays_within_budget() -> None:
     got = knapsack.solve_dp(costs, losses, budget, max_states=500)
     assert knapsack.allocation_cost(costs, got) <= budget
     exact = knapsack.solve_milp(costs, losses, budget)
-    value = lambda a: sum(l[v] for l, v in zip(losses, a))  # noqa: E731
+    value = lambda a: sum(row[v] for row, v in zip(losses, a))  # noqa: E731
     assert value(got) <= value(exact) * 1.2
 
 

@@ -10,8 +10,9 @@ Layout (a contract other job kinds rely on)::
 
 A split's `file` must name a file inside the dataset directory, and its bytes must hash to the recorded
 `sha256`: `split_file` checks both each time a split is read (the metadata is the artifact's own, so it may
-not point anywhere the artifact's digest does not cover). `calibration` doubles as the validation split. Documents are assigned to splits by a hash of their
-content (`assign_split`), never by position, so adding documents never moves existing ones.
+not point anywhere the artifact's digest does not cover). `calibration` doubles as the validation split.
+Documents are assigned to splits by a hash of their content (`assign_split`), never by position, so
+adding documents never moves existing ones.
 """
 from __future__ import annotations
 
