@@ -7,12 +7,10 @@ strategy), `driver` (record, run and resume; dispatches on the strategy's type).
 from __future__ import annotations
 
 from .constraints import check_constraint
-from .driver import RUNNERS, create_sweep, describe_plan, run_expanded_sweep, run_sweep
-from .expand import (MAX_CHILDREN, OPTUNA_TRIAL_TAG, child_spec, child_specs, expand, load_sweep_spec,
-                     spec_value, sweep_input_refs)
+from .driver import create_sweep, describe_plan, run_sweep
+from .expand import MAX_CHILDREN, OPTUNA_TRIAL_TAG, child_spec, child_specs, expand, load_sweep_spec, sweep_input_refs
 from .results import SweepRow, pareto_front, plot_objectives, sweep_results
 
-__all__ = ["MAX_CHILDREN", "OPTUNA_TRIAL_TAG", "RUNNERS", "SweepRow", "check_constraint", "child_spec",
-           "child_specs", "create_sweep", "describe_plan", "expand", "load_sweep_spec", "pareto_front",
-           "plot_objectives", "run_expanded_sweep", "run_sweep", "spec_value", "sweep_input_refs",
-           "sweep_results"]
+__all__ = ["MAX_CHILDREN", "OPTUNA_TRIAL_TAG", "SweepRow", "check_constraint", "child_spec", "child_specs",
+           "create_sweep", "describe_plan", "expand", "load_sweep_spec", "pareto_front", "plot_objectives",
+           "run_sweep", "sweep_input_refs", "sweep_results"]

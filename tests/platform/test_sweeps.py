@@ -51,6 +51,18 @@ def test_each_strategy_has_its_own_fields() -> None:
         expand(sweep(strategy={"type": "random", "samples": 1_000_000}, **params))
 
 
+def test_every_strategy_has_an_expansion_and_a_runner() -> None:
+    from typing import get_args
+
+    from bitsmith.platform.specs.sweep import Strategy
+    from bitsmith.platform.sweeps.driver import RUNNERS
+    from bitsmith.platform.sweeps.expand import _EXPANDERS
+
+    strategies = set(get_args(get_args(Strategy)[0]))
+    assert len(strategies) == 4 and set(_EXPANDERS) == strategies == set(RUNNERS)
+    assert {s.model_fields["type"].default for s in strategies} == {"grid", "zip", "random", "optuna"}
+
+
 FLAT = [  # the flat form of earlier sweep files, and as earlier versions stored every sweep (defaults included)
     ({"strategy": "random", "samples": 20, "seed": 3}, RandomStrategy(samples=20, seed=3)),
     ({"strategy": "grid", "samples": None, "seed": 0, "optuna": None}, GridStrategy()),
