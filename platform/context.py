@@ -6,6 +6,7 @@ for running a worker by hand (e.g. on a GPU box without the platform's database)
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from .errors import JobCancelled, JobTimeout
+from .provenance import derived_key
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -141,13 +143,20 @@ class RunContext:
             self.checkpoint_sink(Path(path), step, dict(metadata or {}))
 
     # -- derived artifacts (shared across runs) ---------------------------------------------------
+    def derived_key(self, key: str, build: Callable[[Path], None]) -> str:
+        """The key `cached_artifact(key, kind, build)` stores under: `key` mixed with the code fingerprint
+        of the module defining `build` (for a worker that records which derived artifact it used)."""
+        return derived_key(key, builder_module(build))
+
     def cached_artifact(self, key: str, kind: str, build: Callable[[Path], None]) -> Path:
         """A directory derived deterministically from `key` (e.g. a level database of one model + data),
         built once by `build(dir)` and reused by every later run that asks for the same key.
 
-        The key must cover everything the content depends on (input digests, settings, code version
-        of the builder). The platform stores it content-addressed and records it in lineage.
+        The key must cover everything the content depends on (input digests, settings); the platform
+        mixes in the code fingerprint of the module defining `build` (its source and every `bitsmith.*`
+        module it imports), stores the result content-addressed and records it in lineage.
         """
+        key = self.derived_key(key, build)
         if self.derived_lookup is not None:
             found = self.derived_lookup(key, kind)
             if found is not None:
@@ -201,6 +210,16 @@ class RunContext:
 
         torch.manual_seed(seed)
         return seed
+
+
+def builder_module(build: Callable[..., Any]) -> str:
+    """The module that defines `build` (a function, lambda, method or `functools.partial` of one)."""
+    while isinstance(build, functools.partial):
+        build = build.func
+    module = getattr(build, "__module__", None)
+    if not module:
+        raise TypeError(f"cached_artifact: cannot tell which module defines the builder {build!r}")
+    return module
 
 
 def _len_or_none(iterable: Iterable[Any] | None) -> int | None:

@@ -20,6 +20,9 @@ class ReproductionReport:
     metrics: list[dict[str, Any]] = field(default_factory=list)   # key, original, reproduced, rel_diff, same, volatile
     environment_diff: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     code_diff: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    # module -> "changed" | "added" | "removed" between the two code fingerprints; None when a run
+    # was recorded before fingerprints (its code_version has no per-module digests)
+    changed_modules: dict[str, str] | None = None
     reproduction_status: str = ""
 
     @property
@@ -66,5 +69,15 @@ def compare_runs(original: Any, reproduction: Any, orig_outputs: dict[str, tuple
         report.metrics.append({"key": key, "original": a, "reproduced": b, "rel_diff": rel, "same": same,
                                "volatile": bool(VOLATILE_METRIC.search(key))})
     report.environment_diff = _diff(original.environment, reproduction.environment, ignore=("host",))
-    report.code_diff = _diff(original.code_version, reproduction.code_version)
+    report.code_diff = _diff(original.code_version, reproduction.code_version, ignore=("modules.",))
+    report.changed_modules = changed_modules(original.code_version, reproduction.code_version)
     return report
+
+
+def changed_modules(original: dict[str, Any], reproduction: dict[str, Any]) -> dict[str, str] | None:
+    """Module -> "changed" | "added" | "removed" between two runs' code fingerprints (None: one has none)."""
+    a, b = (original or {}).get("modules"), (reproduction or {}).get("modules")
+    if not isinstance(a, dict) or not isinstance(b, dict):
+        return None
+    return {m: "added" if m not in a else "removed" if m not in b else "changed"
+            for m in sorted(set(a) | set(b)) if a.get(m) != b.get(m)}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
@@ -77,5 +78,18 @@ def reproduce(ctx: click.Context, run_ref: str, executor: str, rel_tol: float, a
                 con.print(literal(f"  {k}: {a} -> {b}"))
         else:
             con.print("environment and code: identical")
+        print_changed_modules(con, report.changed_modules)
     if not report.matches:
         sys.exit(1)
+
+
+def print_changed_modules(con: Any, changed: dict[str, str] | None) -> None:
+    """Which modules of the code fingerprint differ between the original and the reproduction."""
+    if changed is None:
+        con.print("code modules: not compared (a run recorded before code fingerprints)")
+    elif changed:
+        con.print("[bold]code modules that differ[/] (original -> reproduction):")
+        for module, change in changed.items():
+            con.print(literal(f"  {module}: {change}"))
+    else:
+        con.print("code modules: identical")

@@ -1,6 +1,7 @@
 """`bitsmith runs list|show|logs|cancel|recover|compare`."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -74,8 +75,6 @@ def _run_brief(r: object) -> dict:
 @click.pass_context
 def show_run(ctx: click.Context, run_ref: str, as_json: bool) -> None:
     """Everything recorded about one run: spec, code, environment, inputs, outputs, metrics, events."""
-    import json
-
     from rich.table import Table
 
     from .. import store
@@ -94,7 +93,8 @@ def show_run(ctx: click.Context, run_ref: str, as_json: bool) -> None:
             ("finished", fmt_time(r.finished_at)), ("took", fmt_duration(r)), ("attempt", f"{r.attempt} "
             f"(retries allowed: {r.max_retries})"), ("executor", r.executor or "-"), ("host/pid", f"{r.host}/{r.pid}"),
             ("seed", str(r.seed)), ("spec hash", r.spec_hash), ("cache key", r.cache_key),
-            ("cache hit of", r.cache_hit_of or "-"), ("code", json.dumps(r.code_version)),
+            ("cache hit of", r.cache_hit_of or "-"), ("code", code_text(r.code_version)),
+            ("fingerprint", fingerprint_text(r.code_version)),
             ("tags", ", ".join(r.tags) or "-"), ("log", r.log_path or "-")]
     for k, v in rows:
         con.print(f"  [dim]{k:>12}[/] {literal(v)}")
@@ -123,6 +123,19 @@ def show_run(ctx: click.Context, run_ref: str, as_json: bool) -> None:
         con.print(t)
     con.print("events: " + "  ".join(f"{fmt_time(e.at)} {e.from_status or '∅'}→{e.to_status}"
                                      + (f" ({literal(e.message)})" if e.message else "") for e in events))
+
+
+def code_text(code_version: dict) -> str:
+    """A run's code version without the per-module digests (commit, dirty hash, libraries)."""
+    return json.dumps({k: v for k, v in code_version.items() if k not in ("fingerprint", "modules")})
+
+
+def fingerprint_text(code_version: dict) -> str:
+    """A run's code fingerprint and how many modules it covers (old runs recorded none)."""
+    fingerprint = code_version.get("fingerprint")
+    if not fingerprint:
+        return "- (recorded before code fingerprints)"
+    return f"{fingerprint} ({len(code_version.get('modules') or {})} modules)"
 
 
 @runs.command("logs")

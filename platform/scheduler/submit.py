@@ -9,7 +9,7 @@ from .. import store
 from ..errors import SpecError, UsageError
 from ..integrity import damaged_outputs
 from ..jobs import check_runnable
-from ..provenance import cache_key
+from ..provenance import cache_key, kind_fingerprint
 from ..specs import JobSpecBase, canonical_json, semantic_json, spec_hash
 from ..specs.kinds import accepted_kinds
 from ..store.records import QUEUED, RunRecord
@@ -53,11 +53,17 @@ def check_input_kind(spec: JobSpecBase, role: str, field: str, record: Any) -> N
 
 def record_submission(db: Any, spec: JobSpecBase, *, code: dict[str, Any], executor: str, no_cache: bool = False,
                       sweep_id: str | None = None, pinned: Mapping[str, str] | None = None) -> Submission:
-    """Write the run row (queued), or a succeeded cache-hit row pointing at the original run."""
+    """Write the run row (queued), or a succeeded cache-hit row pointing at the original run.
+
+    `code` is the provenance of the submitting tree (`provenance.code_version()`); the kind's code
+    fingerprint is added to it and, alone of it, goes into the cache key.
+    """
     check_runnable(spec.kind)
     digests = resolve_inputs(db, spec, pinned)
     resolved = spec.with_resolved_inputs(digests)
-    key = cache_key(spec.kind, semantic_json(resolved), digests, code)
+    fingerprint = kind_fingerprint(spec.kind)
+    code = {**code, **fingerprint.record()}
+    key = cache_key(spec.kind, semantic_json(resolved), digests, fingerprint.digest)
     common = dict(kind=spec.kind, name=spec.name, spec=_json(resolved), spec_hash=spec_hash(resolved),
                   cache_key=key, seed=spec.seed, code_version=code, tags=list(spec.tags), executor=executor,
                   max_retries=spec.retries, inputs=digests, sweep_id=sweep_id)

@@ -117,3 +117,21 @@ def test_db_current_and_upgrade(cli) -> None:
     cur = cli("db", "current", "--json").json()
     assert cur["up_to_date"] and cur["current"] == cur["head"]
     cli("db", "upgrade")  # harmless at head
+
+
+def test_runs_show_prints_the_fingerprint_and_an_old_run_still_shows_and_reproduces(cli) -> None:
+    import json
+    import sqlite3
+
+    from bitsmith.platform.provenance import kind_fingerprint
+
+    spec = cli.write_spec("fp.yaml", "kind: noop\nmetrics: 2\npayload: fp\n")
+    run_id = _submit(cli, spec).json()["run_id"]
+    fingerprint = kind_fingerprint("noop").digest
+    assert f"fingerprint {fingerprint}" in " ".join(cli("runs", "show", run_id).out.split())
+    old = {"package": "0.1.0", "commit": "c" * 40, "dirty_hash": None}  # recorded before code fingerprints
+    with sqlite3.connect(cli.home / "bitsmith.db") as conn:
+        conn.execute("UPDATE runs SET code_version = ? WHERE id = ?", (json.dumps(old), run_id))
+    assert "recorded before code fingerprints" in cli("runs", "show", run_id).out
+    res = cli("reproduce", run_id, "--executor", "local")
+    assert "MATCH" in res.out and "not compared" in res.out and "fingerprint: None -> " + fingerprint in res.out

@@ -1,16 +1,18 @@
-"""The registry of verifiable rewards: `(completion, gold answer) -> float`, each identified by name and source hash.
+"""The registry of verifiable rewards: `(completion, gold answer) -> float`, each identified by name and code hash.
 
-A reward's identity in the run record is its name plus a SHA-256 over its own source and the
-sources of the helpers it calls (extractors, normalisers), so a changed scoring rule changes the hash.
+A reward's identity in the run record is a SHA-256 over its name and the code fingerprint of the module
+defining it (its source and every `bitsmith.*` module it imports: extractors, normalisers), the rule every
+cache key uses, so a changed scoring rule changes the hash.
 """
 from __future__ import annotations
 
 import hashlib
-import inspect
+import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from bitsmith.platform.provenance import code_fingerprint
 from bitsmith.workers.evaluators.answers import extract_boxed, extract_last_number, gold_answer, normalize_answer
 from bitsmith.workers.registry import Registry
 
@@ -21,14 +23,11 @@ RewardFn = Callable[[str, str], float]
 class Reward:
     name: str
     fn: RewardFn
-    depends: tuple[Callable, ...] = ()
 
     @property
-    def source_sha256(self) -> str:
-        h = hashlib.sha256()
-        for part in (self.fn, *self.depends):
-            h.update(inspect.getsource(part).encode())
-        return h.hexdigest()
+    def code_sha256(self) -> str:
+        payload = {"name": self.name, "code": code_fingerprint(self.fn.__module__).digest}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     def __call__(self, completion: str, answer: str) -> float:
         return float(self.fn(completion, answer))
@@ -38,22 +37,22 @@ REWARDS: Registry[Reward] = Registry("rewards.name", "reward")
 get_reward = REWARDS.lookup
 
 
-def reward(name: str, *depends: Callable) -> Callable[[RewardFn], RewardFn]:
-    """Register a reward function under `name`; `depends` are the helpers whose source it relies on."""
+def reward(name: str) -> Callable[[RewardFn], RewardFn]:
+    """Register a reward function under `name`."""
     def register(fn: RewardFn) -> RewardFn:
-        REWARDS.add(name, Reward(name, fn, tuple(depends)))
+        REWARDS.add(name, Reward(name, fn))
         return fn
     return register
 
 
-@reward("exact_numeric", extract_last_number, normalize_answer, gold_answer)
+@reward("exact_numeric")
 def exact_numeric(completion: str, answer: str) -> float:
     """1 if the last number in the completion equals the gold answer (normalised), else 0."""
     found = extract_last_number(completion)
     return float(found is not None and normalize_answer(found) == gold_answer(answer))
 
 
-@reward("boxed", extract_boxed, normalize_answer, gold_answer)
+@reward("boxed")
 def boxed_match(completion: str, answer: str) -> float:
     """1 if the content of the last `\\boxed{}` equals the gold answer (normalised), else 0."""
     found = extract_boxed(completion)
@@ -80,5 +79,5 @@ def score(completions: Sequence[str], answers: Sequence[str], terms: Sequence[tu
 
 
 def reward_identity(names: Sequence[str]) -> dict[str, str]:
-    """{name: source SHA-256} of the rewards a run used (for its report and artifact metadata)."""
-    return {name: get_reward(name).source_sha256 for name in dict.fromkeys(names)}
+    """{name: code SHA-256} of the rewards a run used (for its report and artifact metadata)."""
+    return {name: get_reward(name).code_sha256 for name in dict.fromkeys(names)}
