@@ -58,6 +58,10 @@ class JobError(BitsmithError):
     """A job failed while running (the run row carries the traceback)."""
 
 
+class OutputError(JobError):
+    """A worker returned an output its job kind does not declare (role or artifact kind), or left out a required one."""
+
+
 class JobTimeout(JobError):
     """A job ran past its `timeout_s`."""
 

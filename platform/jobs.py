@@ -1,31 +1,53 @@
-"""Which worker module runs each job kind (workers are imported only when a job of that kind runs)."""
+"""Running a job kind: its worker module (imported only when a job of that kind runs) and the check of what
+the worker produced against the outputs the kind declares (`specs.job_kinds.JOB_KIND_TABLE`)."""
 from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import Any
 
-from .errors import SpecError
+from .errors import OutputError, SpecError
+from .specs.job_kinds import JOB_KIND_TABLE, JobKind
 
-WORKER_MODULES: dict[str, str | None] = {
-    "train": "bitsmith.workers.train",
-    "quantize": "bitsmith.workers.quantize",
-    "eval": "bitsmith.workers.eval",
-    "search": "bitsmith.workers.search",
-    "rl": "bitsmith.workers.rl",
-    "noop": "bitsmith.workers.noop",
-}
+WORKER_MODULES: dict[str, str] = {kind: entry.worker for kind, entry in JOB_KIND_TABLE.items()}
+
+
+def job_kind(kind: str) -> JobKind:
+    """The table entry of `kind`; a `SpecError` listing the kinds when there is none."""
+    if kind not in JOB_KIND_TABLE:
+        raise SpecError(f"kind: unknown job kind {kind!r}; expected one of {', '.join(JOB_KIND_TABLE)}")
+    return JOB_KIND_TABLE[kind]
 
 
 def check_runnable(kind: str) -> None:
-    """Refuse, before anything is written, a kind whose worker is not part of this version."""
-    if kind not in WORKER_MODULES:
-        raise SpecError(f"kind: unknown job kind {kind!r}; expected one of {', '.join(WORKER_MODULES)}")
-    if WORKER_MODULES[kind] is None:
-        runnable = ", ".join(k for k, v in WORKER_MODULES.items() if v)
-        raise SpecError(f"kind: {kind!r} jobs have a spec but no worker in this version of bitsmith; "
-                        f"runnable kinds: {runnable}")
+    """Refuse, before anything is written, a kind this version of bitsmith has no worker for."""
+    job_kind(kind)
 
 
 def load_worker(kind: str) -> ModuleType:
-    check_runnable(kind)
-    return importlib.import_module(WORKER_MODULES[kind])  # type: ignore[arg-type]
+    return importlib.import_module(job_kind(kind).worker)
+
+
+def check_returned_outputs(kind: str, artifacts: dict[str, Any]) -> None:
+    """Refuse a worker's returned outputs (role -> `OutputArtifact`) that break `kind`'s declaration."""
+    entry = job_kind(kind)
+    for role, out in artifacts.items():
+        declared = entry.output_for(role)
+        if declared is None or declared.via_context:
+            raise OutputError(f"{kind} worker: returned output {role!r}, which {kind} jobs do not declare; "
+                              f"expected one of {_returned_roles(entry)}")
+        _check_kind(kind, role, out.kind, declared.kind)
+    for declared in entry.outputs:
+        if declared.required and not declared.via_context and declared.role not in artifacts:
+            raise OutputError(f"{kind} worker: returned no {declared.role!r} output; expected it "
+                              f"(a {declared.kind!r} artifact every {kind} job produces)")
+
+
+def _check_kind(kind: str, role: str, got: str, expected: str) -> None:
+    if got != expected:
+        raise OutputError(f"{kind} worker: output {role!r} is a {got!r} artifact; expected {expected!r} "
+                          f"(what {kind} jobs declare for {role!r})")
+
+
+def _returned_roles(entry: JobKind) -> str:
+    return ", ".join(o.role for o in entry.outputs if not o.via_context)

@@ -1,8 +1,9 @@
 """Pipelines: stages of job specs (YAML), each stage's jobs run together, later stages use earlier outputs.
 
 A pipeline file lists stages; each job names a spec file (relative to the pipeline file) and optional
-`set` overrides. Inputs refer to earlier outputs by artifact name (`RUN_NAME/ROLE`). Every job goes
-through the same submission path as `bitsmith submit`, so finished steps are cache hits.
+`set` overrides. Inputs refer to earlier outputs by artifact name (`RUN_NAME/ROLE`); where RUN_NAME is an
+earlier step, ROLE must be an output its job kind declares (checked on load, before anything runs). Every job
+goes through the same submission path as `bitsmith submit`, so finished steps are cache hits.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import yaml
 from . import store
 from .config import Settings
 from .errors import SpecError
-from .specs import JobSpecBase, load_spec
+from .specs import JOB_KIND_TABLE, JobSpecBase, load_spec
 from .specs.strict import StrictInputError, loads_yaml
 
 
@@ -58,7 +59,39 @@ def load_pipeline(path: Path) -> list[Stage]:
             sets = tuple(f"{k}={_yaml_scalar(v)}" for k, v in (job.get("set") or {}).items())
             jobs.append(PipelineJob(path.parent / job["spec"], sets))
         stages.append(Stage(str(raw.get("name", f"stage-{i}")), tuple(jobs)))
+    load_stage_specs(stages)  # every spec validates and names only declared outputs of earlier steps
     return stages
+
+
+def load_stage_specs(stages: list[Stage]) -> list[list[JobSpecBase]]:
+    """Each stage's validated job specs; refuses an input naming an undeclared output of an earlier step."""
+    specs = [[load_spec(job.spec_file, job.overrides) for job in stage.jobs] for stage in stages]
+    check_step_references(stages, specs)
+    return specs
+
+
+def check_step_references(stages: list[Stage], specs: list[list[JobSpecBase]]) -> None:
+    """Refuse an input `RUN_NAME/ROLE` whose RUN_NAME is a step of an earlier stage and whose ROLE that step's
+    job kind does not declare as an output (a `SpecError` naming the spec file and input field)."""
+    earlier: dict[str, str] = {}  # run name -> job kind, of the steps of the stages before this one
+    for stage, stage_specs in zip(stages, specs):
+        for job, spec in zip(stage.jobs, stage_specs):
+            for role, ref in spec.input_refs().items():
+                _check_step_reference(job, spec, role, ref, earlier)
+        earlier.update({spec.name: spec.kind for spec in stage_specs if spec.name})
+
+
+def _check_step_reference(job: PipelineJob, spec: JobSpecBase, role: str, ref: str, earlier: dict[str, str]) -> None:
+    run_name, sep, output = ref.strip().rpartition("/")  # as the store reads RUN_NAME/ROLE
+    if not sep or ref.strip().startswith("run:") or run_name not in earlier:
+        return
+    entry = JOB_KIND_TABLE[earlier[run_name]]
+    declared = entry.output_for(output)
+    if declared is None or declared.via_context:
+        roles = ", ".join(o.role for o in entry.outputs if not o.via_context)
+        raise SpecError(f"{job.spec_file}: {spec.input_field(role)}: {ref!r} names output {output!r} of pipeline "
+                        f"step {run_name!r}, which {entry.kind} jobs do not declare; expected one of {roles}",
+                        hint=f"bitsmith spec-schema {entry.kind}")
 
 
 def _yaml_scalar(value: Any) -> str:
@@ -78,9 +111,8 @@ def run_pipeline(stages: list[Stage], settings: Settings, *, executor: str = "ra
     db = store.open_database(settings.db_url)
     code = code_version()
     results = []
-    for stage in stages:
-        specs: list[JobSpecBase] = [import_task_files(db, settings, load_spec(job.spec_file, job.overrides))
-                                    for job in stage.jobs]
+    for stage, loaded in zip(stages, load_stage_specs(stages)):
+        specs = [import_task_files(db, settings, spec) for spec in loaded]
         subs = [record_submission(db, spec, code=code, executor=executor, no_cache=no_cache) for spec in specs]
         result = StageResult(stage.name, [s.run.id for s in subs], sum(s.cache_hit for s in subs))
         results.append(result)

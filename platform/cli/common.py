@@ -30,6 +30,21 @@ def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="machine-readable JSON on stdout")(fn)
 
 
+EXECUTOR_CHOICE = click.Choice(["ray", "local"])
+EXECUTOR_HELP = "ray: a Ray task (embedded cluster unless --address); local: in-process, for debugging"
+
+
+def executor_option(help: str = EXECUTOR_HELP) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`--executor ray|local` (default ray), declared once for every command that runs jobs."""
+    return click.option("--executor", type=EXECUTOR_CHOICE, default="ray", show_default=True, help=help)
+
+
+def no_cache_option(help: str = "run even if an identical run already succeeded (no cache hits, no joining)"
+                    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`--no-cache`, declared once for every command that submits jobs."""
+    return click.option("--no-cache", is_flag=True, help=help)
+
+
 def to_jsonable(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}

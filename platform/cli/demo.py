@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from .common import fmt_value, info, open_db, settings_from, short, stderr_console, stdout_console
+from .common import (executor_option, fmt_value, info, no_cache_option, open_db, settings_from, short, stderr_console,
+                     stdout_console)
 
 
 def demo_dir() -> Path:
@@ -19,8 +20,8 @@ def demo_dir() -> Path:
 @click.command()
 @click.option("--pipeline", "pipeline_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="pipeline YAML (default: examples/demo/pipeline.yaml)")
-@click.option("--executor", type=click.Choice(["ray", "local"]), default="ray", show_default=True)
-@click.option("--no-cache", is_flag=True, help="rerun every step")
+@executor_option()
+@no_cache_option("rerun every step")
 @click.pass_context
 def demo(ctx: click.Context, pipeline_file: Path | None, executor: str, no_cache: bool) -> None:
     """Build the corpus, pretrain a small LM, quantize it (RTN, GPTQ; 4 and 3 bits), evaluate all."""

@@ -6,13 +6,14 @@ from typing import Any
 
 import click
 
-from .common import emit_json, fmt_value, info, json_option, literal, open_db, settings_from, short, stdout_console
-from .submit import EXECUTOR_CHOICE, execute_and_wait
+from .common import (emit_json, executor_option, fmt_value, info, json_option, literal, open_db, settings_from, short,
+                     stdout_console)
+from .submit import execute_and_wait
 
 
 @click.command()
 @click.argument("run_ref")
-@click.option("--executor", type=EXECUTOR_CHOICE, default="ray", show_default=True)
+@executor_option()
 @click.option("--rel-tol", default=0.0, show_default=True, type=click.FloatRange(0, 1),
               help="metrics within this relative difference count as equal")
 @json_option

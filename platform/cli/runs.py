@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from .common import (emit_json, fitted_table, fmt_duration, fmt_time, fmt_value, info, json_option, literal,
-                     open_db, short, status_text, stdout_console)
+from .common import (EXECUTOR_HELP, emit_json, executor_option, fitted_table, fmt_duration, fmt_time, fmt_value, info,
+                     json_option, literal, open_db, short, status_text, stdout_console)
 
 # The metric shown in `runs list` for each kind (first one present wins).
 HEADLINE_METRICS = {
@@ -195,8 +195,7 @@ def cancel_runs(ctx: click.Context, run_refs: tuple[str, ...]) -> None:
 
 @runs.command("recover")
 @click.argument("run_refs", nargs=-1)
-@click.option("--executor", type=click.Choice(["ray", "local"]), default="ray", show_default=True,
-              help="how re-queued and adopted runs are run")
+@executor_option("how re-queued and adopted runs are run; " + EXECUTOR_HELP)
 @click.option("--wait", is_flag=True, help="run them in this process instead of a detached runner")
 @json_option
 @click.pass_context

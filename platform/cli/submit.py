@@ -10,9 +10,7 @@ from typing import Any
 
 import click
 
-from .common import emit_json, info, json_option, open_db, settings_from
-
-EXECUTOR_CHOICE = click.Choice(["ray", "local"])
+from .common import emit_json, executor_option, info, json_option, no_cache_option, open_db, settings_from
 
 
 @click.command()
@@ -20,9 +18,8 @@ EXECUTOR_CHOICE = click.Choice(["ray", "local"])
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="override a spec field by dotted path, e.g. --set quant.bits=3 (repeatable)")
 @click.option("--wait/--no-wait", default=False, help="run in this process's session and wait for the result")
-@click.option("--executor", type=EXECUTOR_CHOICE, default="ray", show_default=True,
-              help="ray: a Ray task (embedded cluster unless --address); local: in-process, for debugging")
-@click.option("--no-cache", is_flag=True, help="run even if an identical run already succeeded")
+@executor_option()
+@no_cache_option()
 @json_option
 @click.pass_context
 def submit(ctx: click.Context, spec_file: Path, overrides: tuple[str, ...], wait: bool, executor: str,
@@ -116,13 +113,17 @@ def spawn_runner(run_ids: list[str], settings: Any, executor: str) -> int:
 @click.command("spec-schema")
 @click.argument("kind")
 def spec_schema(kind: str) -> None:
-    """Print the JSON schema of KIND's spec (every field, type, default and description)."""
+    """Print the JSON schema of KIND's spec (every field, type, default and description) and, under
+    `x-outputs`, the outputs a KIND job declares (role, artifact kind, required); a summary goes to stderr."""
     from ..errors import UsageError
-    from ..specs import JOB_KINDS
-    from .. import specs
+    from ..specs import JOB_KIND_TABLE
 
-    classes = {c.model_fields["kind"].default: c for c in
-               (specs.TrainSpec, specs.QuantizeSpec, specs.EvalSpec, specs.SearchSpec, specs.RLSpec, specs.NoopSpec)}
-    if kind not in classes:
-        raise UsageError(f"spec-schema {kind!r}: unknown job kind; expected one of {', '.join(JOB_KINDS)}")
-    click.echo(json.dumps(classes[kind].model_json_schema(), indent=2))
+    if kind not in JOB_KIND_TABLE:
+        raise UsageError(f"spec-schema {kind!r}: unknown job kind; expected one of {', '.join(JOB_KIND_TABLE)}")
+    entry = JOB_KIND_TABLE[kind]
+    schema = {**entry.spec.model_json_schema(), "x-outputs": [o.describe() for o in entry.outputs]}
+    click.echo(json.dumps(schema, indent=2))
+    info(f"outputs a {kind} job declares:")
+    for out in entry.outputs:
+        when = "recorded while running" if out.via_context else "returned"
+        info(f"  {out.role:<20} {out.kind:<26} {'required' if out.required else 'optional'}, {when}")

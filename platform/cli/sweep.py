@@ -5,9 +5,8 @@ from pathlib import Path
 
 import click
 
-from .common import (emit_json, fmt_value, info, json_option, literal, open_db, settings_from, short,
-                     status_text, stdout_console)
-from .submit import EXECUTOR_CHOICE
+from .common import (emit_json, executor_option, fmt_value, info, json_option, literal, no_cache_option, open_db,
+                     settings_from, short, status_text, stdout_console)
 
 
 @click.group()
@@ -18,8 +17,8 @@ def sweep() -> None:
 @sweep.command("run")
 @click.argument("sweep_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a sweep field")
-@click.option("--executor", type=EXECUTOR_CHOICE, default="ray", show_default=True)
-@click.option("--no-cache", is_flag=True)
+@executor_option()
+@no_cache_option("run every child even if an identical run already succeeded (no cache hits, no joining)")
 @json_option
 @click.pass_context
 def run_sweep_cmd(ctx: click.Context, sweep_file: Path, overrides: tuple[str, ...], executor: str, no_cache: bool,
@@ -61,7 +60,7 @@ def _end_embedded_ray(ctx: click.Context, executor: str) -> None:
 
 @sweep.command("resume")
 @click.argument("sweep_ref")
-@click.option("--executor", type=EXECUTOR_CHOICE, default="ray", show_default=True)
+@executor_option()
 @json_option
 @click.pass_context
 def resume_sweep_cmd(ctx: click.Context, sweep_ref: str, executor: str, as_json: bool) -> None:

@@ -22,7 +22,7 @@ from ..artifacts import materialize
 from ..config import Settings
 from ..context import InputArtifact, RunContext
 from ..errors import JobCancelled, JobTimeout
-from ..jobs import load_worker
+from ..jobs import check_returned_outputs, load_worker
 from ..provenance import environment
 from ..register import register_path
 from ..specs import parse_spec
@@ -93,6 +93,7 @@ def _run_attempt(db: Any, run: RunRecord, spec: Any, settings: Settings, attempt
         ctx = _build_context(db, run, spec, settings, lost)
         outputs = load_worker(run.kind).run(spec, ctx)
         ctx.flush_metrics()
+        check_returned_outputs(run.kind, outputs.artifacts)  # before anything is registered
         produced = {role: _register_output(db, settings, run, out.path, out.kind, out.metadata, move=True)
                     for role, out in outputs.artifacts.items()}
         finals = [(k, None, float(v)) for k, v in (outputs.metrics or {}).items()]

@@ -1,4 +1,4 @@
-"""Typed job specs: one pydantic model per job kind in a union tagged by `kind`.
+"""Typed job specs: one pydantic model per job kind in a union tagged by `kind` (built from `JOB_KIND_TABLE`).
 
 `load_spec` reads YAML/JSON plus `--set a.b=c` overrides and validates once; `canonical_json`
 and `spec_hash` give the stored, fully resolved form.
@@ -16,20 +16,21 @@ from ..errors import SpecError
 from .common import ArtifactRef, JobSpecBase, Resources, StrictModel
 from .strict import StrictInputError, check_storable, loads_json, loads_yaml
 from .eval import EvalSpec
+from .job_kinds import JOB_KIND_TABLE
 from .noop import NoopSpec
 from .quantize import QuantizeSpec
 from .rl import RLSpec
 from .search import SearchSpec
 from .train import TrainSpec
 
-JobSpec = Annotated[
-    Union[QuantizeSpec, SearchSpec, EvalSpec, RLSpec, TrainSpec, NoopSpec], Field(discriminator="kind")
-]
-JOB_KINDS: tuple[str, ...] = ("quantize", "search", "eval", "rl", "train", "noop")
+JOB_KINDS: tuple[str, ...] = tuple(JOB_KIND_TABLE)
+JobSpec = Annotated[Union[tuple(entry.spec for entry in JOB_KIND_TABLE.values())],  # type: ignore[valid-type]
+                    Field(discriminator="kind")]
 _ADAPTER: TypeAdapter[JobSpecBase] = TypeAdapter(JobSpec)
 
 __all__ = [
-    "ArtifactRef", "EvalSpec", "JobSpec", "NoopSpec", "QuantizeSpec", "RLSpec", "SearchSpec", "TrainSpec", "JobSpecBase", "JOB_KINDS", "Resources", "StrictModel",
+    "ArtifactRef", "EvalSpec", "JobSpec", "NoopSpec", "QuantizeSpec", "RLSpec", "SearchSpec", "TrainSpec",
+    "JobSpecBase", "JOB_KIND_TABLE", "JOB_KINDS", "Resources", "StrictModel",
     "apply_overrides", "canonical_json", "check_spec_storable", "load_spec", "parse_spec", "read_spec_file",
     "semantic_json", "spec_hash",
 ]
