@@ -28,6 +28,7 @@ from torch import nn
 
 from bitsmith.kernels.qlinear import QuantizedLinear
 from bitsmith.platform.digests import write_artifact_meta
+from bitsmith.platform.errors import DataError, SpecError
 
 QUANT_METHOD = "bitsmith"
 FORMAT = "bitsmith-packed"
@@ -49,14 +50,14 @@ def is_bitsmith_quantized(path: str | Path) -> bool:
 
 
 def quantization_config(path: str | Path) -> dict[str, Any]:
-    """The `quantization_config` of a bitsmith-quantized directory (ValueError if it is not one)."""
+    """The `quantization_config` of a bitsmith-quantized directory (DataError if it is not one)."""
     if not is_bitsmith_quantized(path):
-        raise ValueError(f"{path}: not a bitsmith-quantized model directory "
-                         f"(config.json has no quantization_config with quant_method={QUANT_METHOD!r})")
+        raise DataError(f"{path}: not a bitsmith-quantized model directory "
+                        f"(config.json has no quantization_config with quant_method={QUANT_METHOD!r})")
     qc = _read_config(Path(path))["quantization_config"]
     if qc.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {qc['format_version']} is newer than this bitsmith reads "
-                         f"({FORMAT_VERSION}); upgrade bitsmith")
+        raise DataError(f"{path}: format_version {qc['format_version']} is newer than this bitsmith reads "
+                        f"({FORMAT_VERSION}); upgrade bitsmith")
     return qc
 
 
@@ -213,11 +214,11 @@ def export_compressed_tensors(path: str | Path, out_dir: str | Path) -> Path:
     schemes: dict[tuple[int, int | None, bool], list[str]] = {}
     for name, entry in qc["modules"].items():
         if entry["transposed"]:
-            raise ValueError(f"export: module {name} is a Conv1D (GPT-2 style); compressed-tensors quantizes "
-                             "nn.Linear only; expected a Llama/Qwen2/Mistral/OPT model")
+            raise SpecError(f"export: module {name} is a Conv1D (GPT-2 style); compressed-tensors quantizes "
+                            "nn.Linear only; expected a Llama/Qwen2/Mistral/OPT model")
         if entry["act_order"]:
-            raise ValueError(f"export: module {name} uses act-order groups (g_idx); expected static_groups=true "
-                             "or act_order=false for a compressed-tensors export")
+            raise SpecError(f"export: module {name} uses act-order groups (g_idx); expected static_groups=true "
+                            "or act_order=false for a compressed-tensors export")
         bits, n_in = entry["bits"], entry["in_features"]
         prefix = f"{name}."
         own = {k[len(prefix):]: state.pop(k) for k in list(state) if k.startswith(prefix)}

@@ -68,7 +68,7 @@ def test_chunk_tokens_drops_the_tail_and_caps_chunks() -> None:
     ids = torch.arange(10)
     assert chunk_tokens(ids, 3).tolist() == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
     assert chunk_tokens(ids, 3, max_chunks=2).shape == (2, 3)
-    with pytest.raises(ValueError, match="no chunk"):
+    with pytest.raises(DataError, match="no chunk"):
         chunk_tokens(ids, 11)
 
 
@@ -158,7 +158,7 @@ def test_kl_to_self_is_zero_and_to_a_perturbed_copy_positive(lm, test_texts, tmp
     save_reference_logits(tmp_path / "ref", full, {"seq_len": 64})
     cached = load_reference_logits(tmp_path / "ref")
     assert kl_to_reference(other, None, cached) == pytest.approx(kl_full, rel=1e-6)
-    with pytest.raises(ValueError, match="differ"):
+    with pytest.raises(DataError, match="differ"):
         kl_to_reference(other, chunks[:2], cached)
 
 

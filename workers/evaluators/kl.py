@@ -64,8 +64,8 @@ def token_kl(reference_part: dict[str, torch.Tensor], log_q: torch.Tensor) -> to
     if "log_probs" in reference_part:
         log_p = reference_part["log_probs"]
         if log_p.shape[-1] != log_q.shape[-1]:
-            raise ValueError(f"reference vocabulary {log_p.shape[-1]} != model vocabulary {log_q.shape[-1]}; "
-                             "expected models sharing one tokenizer")
+            raise DataError(f"reference vocabulary {log_p.shape[-1]} != model vocabulary {log_q.shape[-1]}; "
+                            "expected models sharing one tokenizer")
         return F.kl_div(log_q, log_p, log_target=True, reduction="none").sum(-1).clamp_min(0)
     log_p = reference_part["topk_log_probs"]
     log_q_top = log_q.gather(-1, reference_part["topk_indices"])
@@ -83,8 +83,8 @@ def kl_to_reference(model: torch.nn.Module, token_chunks: torch.Tensor | None,
     """Mean per-token KL(reference || model) over the reference's chunks (checked equal to `token_chunks`)."""
     ids = reference["input_ids"]
     if token_chunks is not None and not torch.equal(token_chunks.cpu().to(torch.long), ids):
-        raise ValueError(f"token chunks {tuple(token_chunks.shape)} differ from the reference's "
-                         f"{tuple(ids.shape)}; expected the chunks the reference was computed on")
+        raise DataError(f"token chunks {tuple(token_chunks.shape)} differ from the reference's "
+                        f"{tuple(ids.shape)}; expected the chunks the reference was computed on")
     device = next(model.parameters()).device
     total, count = 0.0, 0
     for start in range(0, ids.shape[0], batch_size):

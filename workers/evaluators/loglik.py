@@ -6,6 +6,8 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from bitsmith.platform.errors import DataError
+
 # (tokens, n_scored): score the log-probability of the last `n_scored` tokens of `tokens`, each
 # conditioned on everything before it in `tokens`.
 ScoredSequence = tuple[list[int], int]
@@ -76,8 +78,8 @@ def score_sequences(model: torch.nn.Module, sequences: Sequence[ScoredSequence],
         for row, i in enumerate(batch):
             tokens, n_scored = sequences[i]
             if not 1 <= n_scored < len(tokens):
-                raise ValueError(f"sequence {i}: n_scored={n_scored} with {len(tokens)} tokens; "
-                                 "expected at least one context token")
+                raise DataError(f"sequence {i}: n_scored={n_scored} with {len(tokens)} tokens; "
+                                "expected at least one context token")
             ids = torch.tensor(tokens, dtype=torch.long)
             inputs[row, : len(tokens) - 1] = ids[:-1]
             targets[row, len(tokens) - 1 - n_scored: len(tokens) - 1] = ids[len(tokens) - n_scored:]

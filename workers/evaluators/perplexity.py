@@ -39,8 +39,8 @@ def chunk_tokens(token_ids: torch.Tensor, seq_len: int, max_chunks: int | None =
     if max_chunks is not None:
         count = min(count, max_chunks)
     if count == 0:
-        raise ValueError(f"{token_ids.numel()} tokens make no chunk of seq_len {seq_len}; "
-                         "expected more text or a smaller seq_len")
+        raise DataError(f"{token_ids.numel()} tokens make no chunk of seq_len {seq_len}; "
+                        "expected more text or a smaller seq_len")
     return token_ids[: count * seq_len].view(count, seq_len)
 
 
@@ -90,7 +90,8 @@ def prefix_token_id(tokenizer: Any) -> int:
     """The token the first window of a document conditions on: BOS, else EOS (as lm-evaluation-harness)."""
     token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     if token is None:
-        raise ValueError("the tokenizer has neither a BOS nor an EOS token to start rolling windows with")
+        raise DataError("the tokenizer has neither a BOS nor an EOS token to start rolling windows with; "
+                        "expected a model whose tokenizer defines bos_token or eos_token")
     return int(token)
 
 
