@@ -1,6 +1,7 @@
 """Every spec in examples/ validates, and the demo pipeline refers only to spec files that exist."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -50,3 +51,14 @@ def test_demo_needs_no_optional_extra() -> None:
             "import importlib\nimport bitsmith.platform.cli.main, bitsmith.platform.pipeline\n"
             f"for kind in {sorted(kinds)!r}:\n    importlib.import_module('bitsmith.workers.' + kind)\n")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+
+
+_SET = re.compile(r"--set\s+(\S+=\S+)")
+COMMENTED = [(path, line) for path in SPECS for line in path.read_text().splitlines()
+             if line.lstrip().startswith("#") and _SET.search(line)]
+
+
+@pytest.mark.parametrize("path,line", COMMENTED, ids=[f"{p.relative_to(EXAMPLES)}:{i}" for i, (p, _) in
+                                                      enumerate(COMMENTED)])
+def test_overrides_suggested_in_example_comments_validate(path: Path, line: str) -> None:
+    assert load_spec(path, _SET.findall(line)).kind
