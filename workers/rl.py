@@ -23,6 +23,7 @@ import torch
 from bitsmith.platform.context import OutputArtifact, RunContext, WorkerOutputs
 from bitsmith.platform.errors import DataError
 from bitsmith.platform.specs.rl import RLSpec
+from bitsmith.workers.data.batches import permuted_stream
 from bitsmith.workers.data.datasets import dataset_info, read_split
 from bitsmith.workers.evaluators.generation import generate_samples
 from bitsmith.workers.grpo.advantages import apply_polarity, group_advantages, sanity_rewards, zero_variance_groups
@@ -191,22 +192,6 @@ def train_step(spec: RLSpec, seed: int, step: int, state: LoopState, model, refe
     return metrics
 
 
-def mix_seed(*parts: Any) -> int:
-    """A 63-bit seed from the parts (stable across processes, unlike `hash`)."""
-    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "big") >> 1
-
-
-def prompt_order(cursor: int, count: int, n: int, seed: int) -> list[int]:
-    """Prompt indices `cursor .. cursor + count` of an endless stream of seeded epoch permutations."""
-    out, cache = [], {}
-    for k in range(cursor, cursor + count):
-        epoch, pos = divmod(k, n)
-        if epoch not in cache:
-            cache[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(seed, "epoch", epoch)))
-        out.append(int(cache[epoch][pos]))
-    return out
-
-
 def roll_out(spec: RLSpec, seed: int, step: int, rnd: int, state: LoopState, pool,
              prompt_ids: list[list[int]]) -> list[Group]:
     """One generation round: `prompts_per_step` prompts, split into one chunk per rollout worker."""
@@ -224,6 +209,16 @@ def roll_out(spec: RLSpec, seed: int, step: int, rnd: int, state: LoopState, poo
             groups.append(Group(index, prompt_ids[index], result["responses"][part], result["logprobs"][part],
                                 result["truncated"][part]))
     return groups
+
+
+def mix_seed(*parts: Any) -> int:
+    """A 63-bit seed from the parts (stable across processes, unlike `hash`)."""
+    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "big") >> 1
+
+
+def prompt_order(cursor: int, count: int, n: int, seed: int) -> list[int]:
+    """Prompt indices `cursor .. cursor + count` of an endless stream of seeded epoch permutations."""
+    return permuted_stream(cursor, count, n, lambda epoch: mix_seed(seed, "epoch", epoch))
 
 
 def score_groups(spec: RLSpec, seed: int, step: int, rnd: int, groups: list[Group], tokenizer,

@@ -23,12 +23,13 @@ import torch
 from torch import Tensor, nn
 
 from bitsmith.platform.context import OutputArtifact, RunContext, WorkerOutputs
+from bitsmith.platform.digests import write_artifact_meta
 from bitsmith.platform.errors import DataError
-from bitsmith.platform.specs.quantize import QuantizeInputs, QuantizeSpec
 from bitsmith.platform.specs.search import (BisectMethod, DPMethod, EvoMethod, HessianMethod,
                                             QualityBudget, SearchSpec, SizeBudget, UniformMethod)
 
 from . import quant_format
+from .calibration import architecture_layout, calibration_batches, plan_layers
 from .allocation import evo, knapsack, sensitivity
 from .allocation.bisect import bisect_drop
 from .allocation.levels import AllocationModel, LevelDB, build_level_db, level_db_key, load_level_db
@@ -40,24 +41,8 @@ log = logging.getLogger(__name__)
 Allocation = list[int]
 
 
-@dataclass
-class SearchEnv:
-    """What every allocation method may use."""
-
-    spec: SearchSpec
-    ctx: RunContext
-    db: LevelDB
-    db_key: str
-    model_dir: Path
-    model: nn.Module  # the unquantized model (read-only)
-    tokenizer: Any
-    costs: list[list[int]]
-    budget_cost: int | None  # None for a quality budget
-    calibration_texts: list[str]
-
-
 # -- methods registry ----------------------------------------------------------------------------------
-AllocateFn = Callable[[Any, SearchEnv], tuple[Allocation, dict[str, Any]]]
+AllocateFn = Callable[[Any, "SearchEnv"], tuple[Allocation, dict[str, Any]]]
 ALLOCATORS: Registry[AllocateFn] = Registry("method.type", "search method")
 allocator, allocator_for = ALLOCATORS.register, ALLOCATORS.lookup
 
@@ -76,13 +61,9 @@ def run(spec: SearchSpec, ctx: RunContext) -> WorkerOutputs:
     texts = read_texts(data_in.path, "calibration")
 
     # 1. the level database, shared by every search on the same model, data and level settings
-    levels_key = level_db_key(model_in.digest, data_in.digest, spec.levels, spec.modules.model_dump(mode="json"))
-
-    def build(out: Path) -> None:
-        _build_levels(spec, ctx, model, tokenizer, texts, out, db_key, model_in.digest)
-
-    db_key = ctx.derived_key(levels_key, build)  # the key it is stored under: the code fingerprint mixed in
-    db_dir = ctx.cached_artifact(levels_key, "level-db", build)
+    db_key = level_db_key(model_in.digest, data_in.digest, spec.levels, spec.modules.model_dump(mode="json"))
+    db_dir = ctx.cached_artifact(db_key, "level-db", lambda out: _build_levels(spec, ctx, model, tokenizer, texts,
+                                                                                out, db_key, model_in.digest))
     db = load_level_db(db_dir)
 
     # 2. the budget as per-layer integer costs
@@ -105,16 +86,11 @@ def run(spec: SearchSpec, ctx: RunContext) -> WorkerOutputs:
 
 def _build_levels(spec: SearchSpec, ctx: RunContext, model: nn.Module, tokenizer: Any, texts: list[str],
                   out: Path, key: str, model_digest: str) -> None:
-    from . import quantize
-
-    plan_spec = QuantizeSpec(inputs=QuantizeInputs(model="model", calibration="calibration"),
-                             method=spec.levels.method, bits=spec.levels.bits[0], group_size=spec.levels.group_size,
-                             symmetric=spec.levels.symmetric, modules=spec.modules)
-    plans = quantize.plan_layers(model, quantize.architecture_layout(model), plan_spec)
     cfg = spec.levels
-    batches = quantize.calibration_batches(texts, tokenizer, cfg.sequences, cfg.seq_len, cfg.batch_size,
-                                           CALIBRATION_SEED)
-    n_blocks = len(model.get_submodule(quantize.architecture_layout(model).blocks))
+    layout = architecture_layout(model)
+    plans = plan_layers(model, layout, bits=cfg.bits[0], group_size=cfg.group_size, modules=spec.modules)
+    batches = calibration_batches(texts, tokenizer, cfg.sequences, cfg.seq_len, cfg.batch_size, CALIBRATION_SEED)
+    n_blocks = len(model.get_submodule(layout.blocks))
     meta = {"key": key, "base_model_digest": model_digest, "bits": list(cfg.bits), "group_size": cfg.group_size,
             "method": cfg.method.type, "layers": len(plans)}
     with ctx.progress(total=n_blocks, desc="level database") as bar:
@@ -144,14 +120,20 @@ def budget_costs(spec: SearchSpec, db: LevelDB) -> tuple[list[list[int]], int | 
     return costs, cap
 
 
-def uniform_allocation(costs: list[list[int]], cap: int, spec: SearchSpec) -> Allocation:
-    """Every layer at the widest level whose total cost fits `cap` (the lowest level if none does)."""
-    n_levels = len(spec.levels.bits)
-    best = 0
-    for lv in range(n_levels):
-        if sum(c[lv] for c in costs) <= cap:
-            best = lv
-    return [best] * len(costs)
+@dataclass
+class SearchEnv:
+    """What every allocation method may use."""
+
+    spec: SearchSpec
+    ctx: RunContext
+    db: LevelDB
+    db_key: str
+    model_dir: Path
+    model: nn.Module  # the unquantized model (read-only)
+    tokenizer: Any
+    costs: list[list[int]]
+    budget_cost: int | None  # None for a quality budget
+    calibration_texts: list[str]
 
 
 # -- methods ----------------------------------------------------------------------------------------
@@ -176,8 +158,6 @@ def allocate_dp(method: DPMethod, env: SearchEnv) -> tuple[Allocation, dict[str,
 @allocator("hessian")
 def allocate_hessian(method: HessianMethod, env: SearchEnv) -> tuple[Allocation, dict[str, Any]]:
     def batch() -> Tensor:
-        from .quantize import calibration_batches
-
         cfg = env.spec.levels
         return calibration_batches(env.calibration_texts, env.tokenizer, method.gradient_sequences, cfg.seq_len,
                                    method.gradient_sequences, env.ctx.seed)[0]
@@ -193,7 +173,6 @@ def allocate_hessian(method: HessianMethod, env: SearchEnv) -> tuple[Allocation,
 @allocator("evo")
 def allocate_evo(method: EvoMethod, env: SearchEnv) -> tuple[Allocation, dict[str, Any]]:
     from .evaluators.kl import compute_reference_logits
-    from .quantize import calibration_batches
 
     ctx = env.ctx
     # Fitness sequences: calibration windows with the unquantized model's log-probs cached once.
@@ -277,6 +256,16 @@ def fill_greedily(allocation: Allocation, costs: list[list[int]], cap: int, rng:
         allocation[i] += 1
 
 
+def uniform_allocation(costs: list[list[int]], cap: int, spec: SearchSpec) -> Allocation:
+    """Every layer at the widest level whose total cost fits `cap` (the lowest level if none does)."""
+    n_levels = len(spec.levels.bits)
+    best = 0
+    for lv in range(n_levels):
+        if sum(c[lv] for c in costs) <= cap:
+            best = lv
+    return [best] * len(costs)
+
+
 # -- measuring and writing ----------------------------------------------------------------------------
 def measure(env: SearchEnv, results: dict[str, Allocation]) -> list[dict[str, Any]]:
     """One row per allocation: bits, size and held-out (test split) perplexity and KL to the model."""
@@ -313,19 +302,6 @@ def measure(env: SearchEnv, results: dict[str, Allocation]) -> list[dict[str, An
     return rows[1:len(results) + 1] + rows[:1] + rows[len(results) + 1:]
 
 
-def stitch_model(env: SearchEnv, allocation: Allocation) -> nn.Module:
-    """A copy of the model whose searched layers are the allocation's packed `QuantizedLinear`s."""
-    from .allocation.levels import LevelWeights
-
-    model = copy.deepcopy(env.model)
-    weights = LevelWeights(env.db)
-    for i, (layer, lv) in enumerate(zip(env.db.layers, allocation)):
-        module = model.get_submodule(layer.name)
-        bias = module.bias.detach() if getattr(module, "bias", None) is not None else None
-        quant_format.replace_module(model, layer.name, weights.packed_layer(i, lv, bias))
-    return model
-
-
 def write_outputs(env: SearchEnv, allocation: Allocation, rows: list[dict[str, Any]], details: dict[str, Any],
                   model_digest: str, seconds: float) -> WorkerOutputs:
     from .allocation import plots
@@ -342,7 +318,7 @@ def write_outputs(env: SearchEnv, allocation: Allocation, rows: list[dict[str, A
     alloc_dir = ctx.output_path("allocation")
     alloc_dir.mkdir(parents=True, exist_ok=True)
     (alloc_dir / "allocation.json").write_text(json.dumps({"layers": layers, **meta}, indent=2) + "\n")
-    (alloc_dir / "artifact.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    write_artifact_meta(alloc_dir, meta)
 
     model = stitch_model(env, allocation)
     modules = {name: quant_format.module_entry(model.get_submodule(name), transposed=layer.transposed)
@@ -388,3 +364,16 @@ def write_outputs(env: SearchEnv, allocation: Allocation, rows: list[dict[str, A
     ctx.log_metrics(metrics)
     ctx.flush_metrics()
     return WorkerOutputs(artifacts=artifacts, metrics=metrics)
+
+
+def stitch_model(env: SearchEnv, allocation: Allocation) -> nn.Module:
+    """A copy of the model whose searched layers are the allocation's packed `QuantizedLinear`s."""
+    from .allocation.levels import LevelWeights
+
+    model = copy.deepcopy(env.model)
+    weights = LevelWeights(env.db)
+    for i, (layer, lv) in enumerate(zip(env.db.layers, allocation)):
+        module = model.get_submodule(layer.name)
+        bias = module.bias.detach() if getattr(module, "bias", None) is not None else None
+        quant_format.replace_module(model, layer.name, weights.packed_layer(i, lv, bias))
+    return model

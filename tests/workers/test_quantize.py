@@ -13,7 +13,7 @@ from bitsmith.platform.context import local_context
 from bitsmith.platform.errors import SpecError
 from bitsmith.platform.specs import parse_spec
 from bitsmith.platform.specs.quantize import QuantizeSpec, QuantMethod
-from bitsmith.workers import quant_format, quantize
+from bitsmith.workers import quant_format, quantize, quantizers
 from bitsmith.kernels.qlinear import QuantizedLinear
 
 torch.set_num_threads(1)
@@ -81,9 +81,9 @@ def _dense_from(quantized_dir: Path, source_dir: Path):
 # -- spec ------------------------------------------------------------------------------------------
 def test_registry_keys_equal_spec_tags():
     tags = {m.model_fields["type"].default for m in QuantMethod.__origin__.__args__}
-    assert set(quantize.METHODS) == tags == {"rtn", "gptq"}
+    assert set(quantizers.METHODS) == tags == {"rtn", "gptq"}
     with pytest.raises(SpecError, match="expected one of gptq, rtn"):
-        quantize.method_for("awq")
+        quantizers.method_for("awq")
 
 
 @pytest.mark.parametrize("fields,named", [

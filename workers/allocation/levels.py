@@ -3,7 +3,7 @@
 Built once per (model, calibration data, level settings) and stored as a derived artifact that every
 search, sweep and rerun on the same inputs reuses. Layout of the directory::
 
-    levels.json               {"bits", "method", "group_size", "symmetric", "layers": [
+    levels.json               {"version", "bits", "method", "group_size", "symmetric", "layers": [
                                  {"name", "block", "shape": [out, in], "numel", "transposed", "bias",
                                   "input_trace": Tr(H_in), "levels": [{"bits", "storage_bits",
                                   "effective_bits", "rel_error", "weight_sq_error", "act_order"}]}]}
@@ -30,10 +30,15 @@ from torch import Tensor, nn
 
 from bitsmith.kernels.gptq import output_relative_error
 from bitsmith.kernels.qlinear import QuantizedLinear
+from bitsmith.platform.digests import write_artifact_meta
 from bitsmith.platform.specs.search import LevelsConfig
+from bitsmith.workers.calibration import (LayerPlan, architecture_layout, block_layers, collect_hessians,
+                                          dense_weight, sequential_blocks)
+from bitsmith.workers.quantizers import QuantizeFn, method_for
 from bitsmith.workers.tensorfiles import save_tensors
 
 log = logging.getLogger(__name__)
+LEVEL_DB_VERSION = "level-db/1"
 CALIBRATION_SEED = 0  # fixed, so searches with different seeds share one database
 LEVELS_FILE = "levels.json"
 
@@ -95,12 +100,8 @@ class LevelDB:
 
 
 def level_db_key(model_digest: str, calibration_digest: str, cfg: LevelsConfig, modules: dict[str, Any]) -> str:
-    """sha256 over the data and settings the database's content depends on.
-
-    The code it depends on is not here: `ctx.cached_artifact` mixes in the builder module's code fingerprint
-    (which covers this module and `kernels/gptq.py`).
-    """
-    payload = {"model": model_digest, "calibration": calibration_digest,
+    """sha256 over everything the database's content depends on (and the version of this code)."""
+    payload = {"version": LEVEL_DB_VERSION, "model": model_digest, "calibration": calibration_digest,
                "split": "calibration", "sample_seed": CALIBRATION_SEED, "levels": cfg.model_dump(mode="json"),
                "modules": modules}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -115,14 +116,14 @@ def write_level_db(directory: Path, cfg: LevelsConfig, layers: list[LayerLevels]
     """Write `levels.json`, one safetensors file per width, and `artifact.json` into `directory`."""
     for bits, tensors in packed.items():
         save_tensors({k: v.contiguous() for k, v in tensors.items()}, _level_file(directory, bits),
-                     metadata={"bits": str(bits)})
-    doc = {"bits": list(cfg.bits), "method": cfg.method.model_dump(mode="json"),
+                     metadata={"bits": str(bits), "version": LEVEL_DB_VERSION})
+    doc = {"version": LEVEL_DB_VERSION, "bits": list(cfg.bits), "method": cfg.method.model_dump(mode="json"),
            "group_size": cfg.group_size, "symmetric": cfg.symmetric,
            "layers": [{"name": x.name, "block": x.block, "shape": list(x.shape), "numel": x.numel,
                        "transposed": x.transposed, "bias": x.bias, "group_size": x.group_size,
                        "input_trace": x.input_trace, "levels": [vars(lv) for lv in x.levels]} for x in layers]}
     (directory / LEVELS_FILE).write_text(json.dumps(doc, indent=1) + "\n")
-    (directory / "artifact.json").write_text(json.dumps({"kind": "level-db", **meta}, indent=2, sort_keys=True))
+    write_artifact_meta(directory, {"kind": "level-db", **meta})
 
 
 def load_level_db(directory: str | Path) -> LevelDB:
@@ -138,7 +139,7 @@ def load_level_db(directory: str | Path) -> LevelDB:
 
 
 def quantize_levels(name: str, weight: Tensor, hessian: Tensor | None, cfg: LevelsConfig, group_size: int,
-                    quantize_fn: Any) -> tuple[list[Level], dict[int, dict[str, Tensor]], list[str]]:
+                    quantize_fn: QuantizeFn) -> tuple[list[Level], dict[int, dict[str, Tensor]], list[str]]:
     """One layer at every width of `cfg.bits` from the same Hessian: (levels, packed buffers per width, warnings)."""
     levels: list[Level] = []
     packed: dict[int, dict[str, Tensor]] = {}
@@ -216,28 +217,23 @@ class AllocationModel:
 
 
 @torch.no_grad()
-def build_level_db(directory: Path, model: nn.Module, plans: dict[str, Any], batches: list[Tensor],
+def build_level_db(directory: Path, model: nn.Module, plans: dict[str, LayerPlan], batches: list[Tensor],
                    cfg: LevelsConfig, meta: dict[str, Any], progress: Any = None) -> None:
     """Quantize every planned layer at every width, block by block (one block's activations in memory).
 
-    `plans` come from `quantize.plan_layers`; `batches` are the calibration token batches. Block k's
+    `plans` come from `calibration.plan_layers`; `batches` are the calibration token batches. Block k's
     inputs are the outputs of the unquantized blocks before it (see the module docstring).
     """
-    from bitsmith.workers import quantize as q
-
-    layout = q.architecture_layout(model)
-    quantize_fn = q.method_for(cfg.method.type)
+    quantize_fn = method_for(cfg.method.type)
     device = torch.device("cpu")
-    calls = q.capture_block_inputs(model, layout, batches, device) if batches else []
-    blocks = model.get_submodule(layout.blocks)
     layers: list[LayerLevels] = []
     packed: dict[int, dict[str, Tensor]] = {b: {} for b in cfg.bits}
-    for k, block in enumerate(blocks):
-        targets = {p.name: model.get_submodule(p.name) for p in plans.values() if p.block == k}
-        hessians = q.collect_hessians(block, targets, calls, device)
+    for k, block, calls in sequential_blocks(model, architecture_layout(model), batches, device):
+        targets = block_layers(model, plans, k)
+        hessians = collect_hessians(block, targets, calls, device)
         for name, module in targets.items():
             plan = plans[name]
-            weight = q.dense_weight(module).detach().float().clone()
+            weight = dense_weight(module).detach().float().clone()
             hessian = hessians.get(name)
             levels, tensors, warnings = quantize_levels(name, weight, hessian, cfg, plan.group_size, quantize_fn)
             for w in warnings:
@@ -249,8 +245,6 @@ def build_level_db(directory: Path, model: nn.Module, plans: dict[str, Any], bat
                                       bias=getattr(module, "bias", None) is not None, group_size=plan.group_size,
                                       input_trace=trace, levels=tuple(levels)))
         hessians.clear()
-        if calls:
-            calls = [(q.block_output(block(h, *a, **kw)), a, kw) for h, a, kw in calls]
         if progress is not None:
             progress.update(1, block=k)
     write_level_db(directory, cfg, layers, packed, meta)

@@ -1,7 +1,9 @@
 """Turn tokenized data into fixed training examples, batches in a seeded order, and a unigram baseline."""
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,24 +90,23 @@ def batch_indices(step: int, batch_size: int, n_examples: int, seed: int) -> lis
 
     A pure function of (step, seed), so a resumed run sees exactly the batches it would have seen.
     """
+    return permuted_stream(step * batch_size, batch_size, n_examples, lambda epoch: seed * 1_000_003 + epoch)
+
+
+def permuted_stream(start: int, count: int, n: int, epoch_seed: Callable[[int], int]) -> list[int]:
+    """Positions `start .. start + count` of an endless stream of epochs, epoch e being
+    `seeded_permutation(n, epoch_seed(e))`: every index once per epoch, in a seeded order."""
     out = []
-    for k in range(step * batch_size, (step + 1) * batch_size):
-        epoch, pos = divmod(k, n_examples)
-        out.append(int(_epoch_order(n_examples, seed, epoch)[pos]))
+    for k in range(start, start + count):
+        epoch, pos = divmod(k, n)
+        out.append(int(seeded_permutation(n, epoch_seed(epoch))[pos]))
     return out
 
 
-_ORDER_CACHE: dict[tuple[int, int, int], torch.Tensor] = {}
-
-
-def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    key = (n, seed, epoch)
-    if key not in _ORDER_CACHE:
-        if len(_ORDER_CACHE) > 64:
-            _ORDER_CACHE.clear()
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        _ORDER_CACHE[key] = torch.randperm(n, generator=gen)
-    return _ORDER_CACHE[key]
+@functools.lru_cache(maxsize=64)
+def seeded_permutation(n: int, seed: int) -> torch.Tensor:
+    """`torch.randperm(n)` drawn from a CPU generator seeded with `seed` (read-only; cached)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
 
 
 def unigram_ppl(train: TokenBlocks, held_out: TokenBlocks, vocab_size: int) -> float:
