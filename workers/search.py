@@ -61,9 +61,13 @@ def run(spec: SearchSpec, ctx: RunContext) -> WorkerOutputs:
     texts = read_texts(data_in.path, "calibration")
 
     # 1. the level database, shared by every search on the same model, data and level settings
-    db_key = level_db_key(model_in.digest, data_in.digest, spec.levels, spec.modules.model_dump(mode="json"))
-    db_dir = ctx.cached_artifact(db_key, "level-db", lambda out: _build_levels(spec, ctx, model, tokenizer, texts,
-                                                                                out, db_key, model_in.digest))
+    levels_key = level_db_key(model_in.digest, data_in.digest, spec.levels, spec.modules.model_dump(mode="json"))
+
+    def build(out: Path) -> None:
+        _build_levels(spec, ctx, model, tokenizer, texts, out, db_key, model_in.digest)
+
+    db_key = ctx.derived_key(levels_key, build)  # the key it is stored under: the code fingerprint mixed in
+    db_dir = ctx.cached_artifact(levels_key, "level-db", build)
     db = load_level_db(db_dir)
 
     # 2. the budget as per-layer integer costs

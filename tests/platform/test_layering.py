@@ -107,6 +107,73 @@ def test_no_worker_module_imports_another_jobs_worker_module() -> None:
     assert offenders == []
 
 
+def _platform_modules() -> dict[str, Path]:
+    """Dotted name (bitsmith.platform....) -> file, packages named by their `__init__.py`."""
+    modules = {}
+    for path in sorted((ROOT / "platform").rglob("*.py")):
+        parts = ("bitsmith", *path.relative_to(ROOT).with_suffix("").parts)
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return modules
+
+
+def _imported_modules(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The platform modules `name` imports anywhere in its file (inside functions too), relative or absolute."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            module = ".".join(p for p in (base, node.module or "") if p)
+            targets = [f"{module}.{a.name}" if f"{module}.{a.name}" in modules else module for a in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in modules:  # `import a.b.c` imports a.b.c, or the module it names
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                found.add(target)
+    return found
+
+
+def _import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while (top := stack.pop()) != node:
+                component.append(top)
+            if component:
+                cycles.append(sorted([node, *component]))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return cycles
+
+
+def test_no_import_cycle_in_platform() -> None:
+    modules = _platform_modules()
+    graph = {name: _imported_modules(name, path, modules) for name, path in modules.items()}
+    assert "bitsmith.platform.sweeps.driver" in graph["bitsmith.platform.sweeps"]  # the walk sees the package
+    assert "bitsmith.platform.provenance" in graph["bitsmith.platform.sweeps.driver"]  # and imports in functions
+    assert _import_cycles(graph) == []
+
+
 def test_each_job_module_reads_top_down_from_run() -> None:
     for module in sorted(JOB_MODULES):
         path = ROOT / "workers" / f"{module.rsplit('.', 1)[1]}.py"

@@ -3,7 +3,7 @@
 Built once per (model, calibration data, level settings) and stored as a derived artifact that every
 search, sweep and rerun on the same inputs reuses. Layout of the directory::
 
-    levels.json               {"version", "bits", "method", "group_size", "symmetric", "layers": [
+    levels.json               {"bits", "method", "group_size", "symmetric", "layers": [
                                  {"name", "block", "shape": [out, in], "numel", "transposed", "bias",
                                   "input_trace": Tr(H_in), "levels": [{"bits", "storage_bits",
                                   "effective_bits", "rel_error", "weight_sq_error", "act_order"}]}]}
@@ -38,7 +38,6 @@ from bitsmith.workers.quantizers import QuantizeFn, method_for
 from bitsmith.workers.tensorfiles import save_tensors
 
 log = logging.getLogger(__name__)
-LEVEL_DB_VERSION = "level-db/1"
 CALIBRATION_SEED = 0  # fixed, so searches with different seeds share one database
 LEVELS_FILE = "levels.json"
 
@@ -100,8 +99,12 @@ class LevelDB:
 
 
 def level_db_key(model_digest: str, calibration_digest: str, cfg: LevelsConfig, modules: dict[str, Any]) -> str:
-    """sha256 over everything the database's content depends on (and the version of this code)."""
-    payload = {"version": LEVEL_DB_VERSION, "model": model_digest, "calibration": calibration_digest,
+    """sha256 over the data and settings the database's content depends on.
+
+    The code it depends on is not here: `ctx.cached_artifact` mixes in the builder module's code fingerprint
+    (which covers this module and `kernels/gptq.py`).
+    """
+    payload = {"model": model_digest, "calibration": calibration_digest,
                "split": "calibration", "sample_seed": CALIBRATION_SEED, "levels": cfg.model_dump(mode="json"),
                "modules": modules}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -116,8 +119,8 @@ def write_level_db(directory: Path, cfg: LevelsConfig, layers: list[LayerLevels]
     """Write `levels.json`, one safetensors file per width, and `artifact.json` into `directory`."""
     for bits, tensors in packed.items():
         save_tensors({k: v.contiguous() for k, v in tensors.items()}, _level_file(directory, bits),
-                     metadata={"bits": str(bits), "version": LEVEL_DB_VERSION})
-    doc = {"version": LEVEL_DB_VERSION, "bits": list(cfg.bits), "method": cfg.method.model_dump(mode="json"),
+                     metadata={"bits": str(bits)})
+    doc = {"bits": list(cfg.bits), "method": cfg.method.model_dump(mode="json"),
            "group_size": cfg.group_size, "symmetric": cfg.symmetric,
            "layers": [{"name": x.name, "block": x.block, "shape": list(x.shape), "numel": x.numel,
                        "transposed": x.transposed, "bias": x.bias, "group_size": x.group_size,
