@@ -121,7 +121,8 @@ def run_pipeline(stages: list[Stage], settings: Settings, *, executor: str = "ra
         pending = [s.run.id for s in subs if not s.cache_hit]
         if pending:
             stop = threading.Event()
-            watcher = threading.Thread(target=_watch_loop, args=(watch, result.run_ids, stop), daemon=True) if watch else None
+            watcher = (threading.Thread(target=_watch_loop, args=(watch, result.run_ids, stop), daemon=True)
+                       if watch else None)
             if watcher:
                 watcher.start()
             try:
