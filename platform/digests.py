@@ -141,13 +141,6 @@ def digest_path(path: str | Path, version: int = CURRENT_DIGEST_VERSION, *, stri
     return sha256_file(path)
 
 
-def path_size_bytes(path: str | Path) -> int:
-    path = Path(path)
-    if path.is_dir():
-        return sum(size for _, _, size in directory_manifest(path, strict=False))
-    return path.stat().st_size
-
-
 def digest_and_size(path: str | Path) -> tuple[str, int]:
     """(current-version digest, total bytes) of a file or directory to be stored, in one pass."""
     path = Path(path)
