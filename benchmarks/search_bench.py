@@ -67,7 +67,7 @@ def main() -> None:
     from bitsmith.workers.evaluators.kl import compute_reference_logits
     from bitsmith.workers.evaluators.perplexity import chunk_tokens, token_perplexity, tokenize_joined
     from bitsmith.workers.models import load_model_and_tokenizer
-    from bitsmith.workers.quantize import calibration_batches
+    from bitsmith.workers.calibration import calibration_batches
 
     work = Path(tempfile.mkdtemp(prefix="search-bench-"))
     levels = {"bits": [2, 3, 4], "group_size": None, "sequences": 32, "seq_len": 128}

@@ -36,10 +36,10 @@ def test_a_lookup_miss_names_the_field_and_lists_the_valid_names() -> None:
 
 
 def test_every_registry_of_the_workers_is_a_registry() -> None:
-    from bitsmith.workers import quantize, search
+    from bitsmith.workers import quantizers, search
     from bitsmith.workers.evaluators import EVALUATORS
     from bitsmith.workers.evaluators.answers import EXTRACTORS
     from bitsmith.workers.grpo.rewards import REWARDS
 
-    for reg in (quantize.METHODS, search.ALLOCATORS, EVALUATORS, EXTRACTORS, REWARDS):
+    for reg in (quantizers.METHODS, search.ALLOCATORS, EVALUATORS, EXTRACTORS, REWARDS):
         assert isinstance(reg, Registry)
