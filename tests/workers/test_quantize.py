@@ -48,7 +48,8 @@ def _random_model(kind: str, tokenizer, dest: Path, hidden: int = 64) -> Path:
     torch.manual_seed(0)
     ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
     if kind == "llama":
-        model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden,
+                                             intermediate_size=2 * hidden,
                                              num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128,
                                              tie_word_embeddings=True, **ids))
     else:
@@ -129,7 +130,8 @@ def test_llama_gptq_act_order_saves_and_reloads_identically(tiny_llama, pydoc_co
     report = json.loads(out.artifacts["report"].path.read_text())
     layers = {row["name"]: row for row in report["layers"]}
     assert len(layers) == 12 and not any("v_proj" in name for name in layers)  # 2 blocks x (7 - v_proj)
-    assert layers["model.layers.1.mlp.up_proj"]["bits"] == 3 and layers["model.layers.1.mlp.up_proj"]["group_size"] == 64
+    up1 = layers["model.layers.1.mlp.up_proj"]
+    assert up1["bits"] == 3 and up1["group_size"] == 64
     assert layers["model.layers.0.mlp.up_proj"]["act_order"] and all(0 < r["rel_error"] < 0.2 for r in layers.values())
     for row in layers.values():  # computed bits: codes + fp16 scales + packed zeros + g_idx (int32)
         rows, cols = row["shape"]
