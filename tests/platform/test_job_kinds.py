@@ -2,6 +2,7 @@
 their kind declares, `spec-schema` prints them, and pipelines check `RUN_NAME/ROLE` references on load."""
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import os
@@ -58,6 +59,42 @@ def test_the_table_is_the_only_list_of_kinds() -> None:
     for entry in JOB_KIND_TABLE.values():
         worker = entry.worker.rsplit(".", 1)[-1]
         assert (ROOT / "workers" / f"{worker}.py").is_file(), entry.worker  # named, not imported
+
+
+def literal_outputs(path: Path) -> set[tuple[str, str]]:
+    """(role, artifact kind) of each `OutputArtifact(PATH, KIND)` in `path` stored under a literal role
+    (`{"model": OutputArtifact(...)}` or `artifacts["export"] = OutputArtifact(...)`)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Dict):
+            pairs = zip(node.keys, node.values)
+        elif isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Subscript):
+            pairs = [(node.targets[0].slice, node.value)]
+        else:
+            continue
+        for key, value in pairs:
+            if (isinstance(key, ast.Constant) and isinstance(value, ast.Call)
+                    and getattr(value.func, "id", None) == "OutputArtifact"):
+                kinds = [k.value for k in value.keywords if k.arg == "kind"] + value.args[1:2]
+                found.add((key.value, kinds[0].value))
+    return found
+
+
+def test_workers_return_what_their_kind_declares() -> None:
+    """A source-level guard beside the executor's check (which the integration tests exercise for the
+    kinds they run): each worker module's literal outputs are declared, and it names every required one;
+    helper modules (plots, evaluators) return outputs some kind declares."""
+    modules = {entry.worker.rsplit(".", 1)[-1]: entry for entry in JOB_KIND_TABLE.values()}
+    for path in sorted((ROOT / "workers").rglob("*.py")):
+        outputs = literal_outputs(path)
+        entries = [modules[path.stem]] if path.parent.name == "workers" and path.stem in modules else \
+            list(JOB_KIND_TABLE.values())
+        for role, kind in outputs:
+            assert any((d := e.output_for(role)) and d.kind == kind and not d.via_context for e in entries), \
+                (path.name, role, kind)
+        if path.parent.name == "workers" and path.stem in modules:
+            required = {o.role for o in modules[path.stem].outputs if o.required}
+            assert required <= {role for role, _ in outputs}, (path.name, required)
 
 
 def test_spec_schema_prints_each_kinds_declared_outputs(tmp_path: Path) -> None:
