@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "models": ("models", "models", "Register local Hugging Face model directories (or GGUF files)."),
     "db": ("db", "db", "Metadata store schema: upgrade, current revision."),
     "demo": ("demo", "demo", "Run the demo pipeline end to end on the embedded defaults."),
-    "spec-schema": ("submit", "spec_schema", "Print the JSON schema of a job kind's spec."),
+    "spec-schema": ("submit", "spec_schema", "Print the JSON schema of a job kind's spec and its declared outputs."),
 }
 
 
