@@ -61,7 +61,7 @@ def bench_bitsmith(model_dir: Path, data: Path, work: Path, steps: int, warmup: 
         "kind": "rl", "inputs": {"policy": "p", "data": "d"}, "data": {"eval_limit": 8},
         "sampling": {"group_size": GROUP, "prompts_per_step": PROMPTS, "max_new_tokens": max_new,
                      "dynamic_sampling": False},
-        "optim": {"lr": 1e-5}, "steps": steps, "checkpoint_every_steps": 10_000, "threads": threads,
+        "optim": {"lr": 1e-5}, "steps": steps, "checkpoint_every_steps": 10_000, "compute": {"threads": threads},
         "rollout": {"workers": 1, "threads_per_worker": threads}})
     ctx, rec = local_context(Path(tempfile.mkdtemp(dir=work)), {"policy": model_dir, "data": data})
     rl.run(spec, ctx)

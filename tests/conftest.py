@@ -35,7 +35,7 @@ TRAINED_LM_SPEC = {
     "mode": {"type": "pretrain", "arch": {"layers": 2, "hidden_size": 128, "heads": 4, "max_seq_len": 128},
              "tokenizer": {"vocab_size": 1024}},
     "optim": {"lr": 3e-3, "warmup_steps": 30}, "steps": 500, "batch_size": 8, "seq_len": 128,
-    "eval_every_steps": 100, "checkpoint_every_steps": 10_000, "eval_batches": 4, "threads": 1,
+    "eval_every_steps": 100, "checkpoint_every_steps": 10_000, "eval_batches": 4, "compute": {"threads": 1},
 }
 
 

@@ -26,15 +26,15 @@ log = logging.getLogger(__name__)
 
 
 def run(spec: EvalSpec, ctx: RunContext) -> WorkerOutputs:
-    torch.set_num_threads(spec.threads or max(1, int(ctx.cpus)))
+    torch.set_num_threads(spec.compute.threads)  # resolved from the job's cpus when the spec was parsed
     seed = ctx.seed_everything()
     with deterministic_mode(spec.deterministic):
         return evaluate(spec, ctx, seed)
 
 
 def evaluate(spec: EvalSpec, ctx: RunContext, seed: int) -> WorkerOutputs:
-    device = resolve_device(spec.device)
-    dtype = DTYPES[spec.dtype]
+    device = resolve_device(spec.compute.device)
+    dtype = DTYPES[spec.compute.dtype]
     model_input = ctx.input("model")
     model, tokenizer = load_model_and_tokenizer(model_input.path, device, dtype)
     env = EvalEnv(model=model, tokenizer=tokenizer, device=device, dtype=dtype, batch_size=spec.batch_size,
@@ -63,7 +63,7 @@ def evaluate(spec: EvalSpec, ctx: RunContext, seed: int) -> WorkerOutputs:
                         for task, result in zip(spec.tasks, results)],
               "inputs": {name: {"digest": a.digest, "kind": a.kind} for name, a in ctx.inputs.items()},
               "settings": {"backend": spec.backend, "batch_size": spec.batch_size, "device": str(device),
-                           "dtype": spec.dtype, "deterministic": spec.deterministic, "seed": seed,
+                           "dtype": spec.compute.dtype, "deterministic": spec.deterministic, "seed": seed,
                            "threads": torch.get_num_threads()},
               "environment": environment_info(device, spec.backend),
               "seconds": time.perf_counter() - started}

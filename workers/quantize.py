@@ -35,9 +35,9 @@ log = logging.getLogger(__name__)
 
 def run(spec: QuantizeSpec, ctx: RunContext) -> WorkerOutputs:
     start = time.perf_counter()
-    torch.set_num_threads(spec.threads or max(1, int(ctx.cpus)))
+    torch.set_num_threads(spec.compute.threads)  # resolved from the job's cpus when the spec was parsed
     ctx.seed_everything()
-    device, dtype = resolve_device(spec.device), DTYPES[spec.dtype]
+    device, dtype = resolve_device(spec.compute.device), DTYPES[spec.compute.dtype]
     model_in = ctx.input("model")
     if quant_format.is_bitsmith_quantized(model_in.path):
         raise DataError(f"inputs.model: {model_in.path} is already quantized; expected an unquantized model")

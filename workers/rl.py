@@ -52,9 +52,9 @@ class Group:
 
 
 def run(spec: RLSpec, ctx: RunContext) -> WorkerOutputs:
-    threads = spec.threads or max(1, int(ctx.cpus))
+    threads = spec.compute.threads
     torch.set_num_threads(threads)
-    device = resolve_device(spec.device)
+    device = resolve_device(spec.compute.device)
     ctx.seed_everything()
     resume = Path(ctx.resume_checkpoint) if ctx.resume_checkpoint else None
 

@@ -50,7 +50,7 @@ allocator, allocator_for = ALLOCATORS.register, ALLOCATORS.lookup
 # -- the job ----------------------------------------------------------------------------------------
 def run(spec: SearchSpec, ctx: RunContext) -> WorkerOutputs:
     start = time.perf_counter()
-    torch.set_num_threads(spec.threads or max(1, int(ctx.cpus)))
+    torch.set_num_threads(spec.compute.threads)  # resolved from the job's cpus when the spec was parsed
     ctx.seed_everything()
     model_in, data_in = ctx.input("model"), ctx.input("calibration")
     if quant_format.is_bitsmith_quantized(model_in.path):

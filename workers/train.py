@@ -47,11 +47,11 @@ class History:
 
 
 def run(spec: TrainSpec, ctx: RunContext) -> WorkerOutputs:
-    torch.set_num_threads(spec.threads or max(1, int(ctx.cpus)))
-    if spec.device == "cuda" and not torch.cuda.is_available():
+    torch.set_num_threads(spec.compute.threads)  # resolved from the job's cpus when the spec was parsed
+    if spec.compute.device == "cuda" and not torch.cuda.is_available():
         raise JobError("train: device is 'cuda' but no CUDA device is visible; expected a GPU node "
                        "(resources.gpus > 0) or device: auto")
-    device = torch.device("cuda" if spec.device != "cpu" and torch.cuda.is_available() else "cpu")
+    device = torch.device("cuda" if spec.compute.device != "cpu" and torch.cuda.is_available() else "cpu")
     ctx.seed_everything()
     resume = Path(ctx.resume_checkpoint) if ctx.resume_checkpoint else None
 
@@ -70,7 +70,7 @@ def run(spec: TrainSpec, ctx: RunContext) -> WorkerOutputs:
                         ctx.resume_step, start)
         log.info("resumed from %s at step %d", resume, start)
     data_seed = ctx.seed
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if spec.dtype == "bf16" else nullcontext())
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if spec.compute.dtype == "bf16" else nullcontext())
 
     bar = ctx.progress(total=spec.steps, desc=f"train ({spec.mode.type})")
     bar.update(start)

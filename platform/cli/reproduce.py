@@ -27,7 +27,6 @@ def reproduce(ctx: click.Context, run_ref: str, executor: str, rel_tol: float, a
     from ..provenance import code_version
     from ..reproduce import compare_runs
     from ..scheduler.submit import record_submission
-    from ..specs import parse_spec
 
     db = open_db(ctx)
     original = store.get_run(db, run_ref)
@@ -36,7 +35,7 @@ def reproduce(ctx: click.Context, run_ref: str, executor: str, rel_tol: float, a
     if original.status != "succeeded":
         raise UsageError(f"reproduce {run_ref}: run {original.id} is {original.status}; expected a succeeded run",
                          hint="bitsmith runs list --status succeeded")
-    spec = parse_spec(original.spec, source=f"run {original.id} spec")
+    spec = stored_spec(original)
     sub = record_submission(db, spec, code=code_version(), executor=executor, no_cache=True)
     info(f"reproducing run {original.id} as run {sub.run.id} ...")
     execute_and_wait([sub.run.id], settings_from(ctx), executor)
@@ -94,3 +93,17 @@ def print_changed_modules(con: Any, changed: dict[str, str] | None) -> None:
             con.print(literal(f"  {module}: {change}"))
     else:
         con.print("code modules: identical")
+
+
+def stored_spec(run: Any) -> Any:
+    """The run's stored spec, parsed; one an older bitsmith wrote in a shape this one no longer reads is a
+    `SpecError` that says so (e.g. device/dtype/threads at the top level, now under `compute`)."""
+    from ..errors import SpecError
+    from ..specs import parse_spec
+
+    try:
+        return parse_spec(run.spec, source=f"run {run.id} stored spec")
+    except SpecError as exc:
+        raise SpecError(f"reproduce: {exc.message}; the run was recorded by a version of bitsmith whose spec "
+                        "this version cannot read, so it cannot be rerun as it was",
+                        hint=f"bitsmith runs show {run.id} --json (the stored spec), then submit it updated") from None

@@ -1,9 +1,9 @@
-"""The part every job spec shares: identity, seed, resources, inputs, retries, timeout, tags."""
+"""The part every job spec shares: identity, seed, resources, inputs, retries, timeout, tags; and `compute`."""
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .strict import INT64_MAX
 
@@ -23,6 +23,39 @@ class Resources(StrictModel):
     cpus: float = Field(1.0, ge=0, description="CPU cores the job needs")
     gpus: float = Field(0.0, ge=0, description="GPUs the job needs (fractions allowed)")
     memory_bytes: int | None = Field(None, gt=0, description="memory the job needs, in bytes")
+
+
+class Compute(StrictModel):
+    """Where and how a job computes its numbers (device, dtype, CPU threads): all of it is in the cache key.
+
+    `threads` left unset is the job's `resources.cpus` (at least 1), resolved when the spec is parsed, so
+    the stored spec and the cache key carry the number that decides the order of float reductions. Kinds
+    narrow the choices they support (`TrainCompute`, `RLCompute`, `SearchCompute`).
+    """
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: the job's cpus)")
+
+
+class TrainCompute(Compute):
+    """Training runs in fp32 or with bf16 autocast."""
+
+    dtype: Literal["fp32", "bf16"] = "fp32"
+
+
+class RLCompute(Compute):
+    """The RL learner: on the CPU unless asked (its rollout workers are CPU processes), in fp32."""
+
+    device: Literal["auto", "cpu", "cuda"] = "cpu"
+    dtype: Literal["fp32"] = "fp32"
+
+
+class SearchCompute(Compute):
+    """A search builds its level database and scores allocations on the CPU in fp32."""
+
+    device: Literal["cpu"] = "cpu"
+    dtype: Literal["fp32"] = "fp32"
 
 
 class NoInputs(StrictModel):
@@ -46,6 +79,14 @@ class JobSpecBase(StrictModel):
     timeout_s: float | None = Field(None, gt=0)
     tags: tuple[str, ...] = ()
     inputs: StrictModel = NoInputs()
+
+    @model_validator(mode="after")
+    def _resolve_threads(self) -> "JobSpecBase":
+        """Write the job's cpus into an unset `compute.threads` (the spec is frozen: set it once, here)."""
+        compute = getattr(self, "compute", None)
+        if isinstance(compute, Compute) and compute.threads is None:
+            self.__dict__["compute"] = compute.model_copy(update={"threads": max(1, int(self.resources.cpus))})
+        return self
 
     def input_refs(self) -> dict[str, ArtifactRef]:
         """Named artifact references this job consumes (list inputs become `name.0`, `name.1`, ...)."""

@@ -10,7 +10,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from .common import ArtifactRef, JobSpecBase, StrictModel
+from .common import ArtifactRef, Compute, JobSpecBase, StrictModel
 from .kinds import DATASET_KINDS, EVAL_MODEL_KINDS, TASK_FILE
 
 TASK_FILE_ROLE = "task_file"  # input role `task_file.I`: the file of tasks[I] (a choice task's `file`)
@@ -138,10 +138,8 @@ class EvalSpec(JobSpecBase):
     tasks: tuple[EvalTask, ...] = Field(min_length=1)
     backend: Literal["native", "lm_eval"] = "native"
     batch_size: int = Field(8, ge=1, description="sequences per forward pass")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    compute: Compute = Compute()
     deterministic: bool = Field(False, description="fp32, dataset order batches, deterministic kernels")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: the job's cpus)")
 
     def task_files(self) -> dict[int, str]:
         """Task index -> the `file` of each choice task that has one."""
@@ -185,6 +183,6 @@ class EvalSpec(JobSpecBase):
             if key in seen:
                 raise ValueError(f"{where}: same metric names as tasks[{seen[key]}]; give one a distinct `name`")
             seen[key] = i
-        if self.deterministic and self.dtype != "fp32":
-            raise ValueError(f"deterministic evaluation runs in fp32; got dtype {self.dtype}")
+        if self.deterministic and self.compute.dtype != "fp32":
+            raise ValueError(f"deterministic evaluation runs in fp32; got compute.dtype {self.compute.dtype}")
         return self

@@ -6,7 +6,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from .common import ArtifactRef, JobSpecBase, StrictModel
+from .common import ArtifactRef, Compute, JobSpecBase, StrictModel
 from .kinds import DATASET_KINDS, HF_MODEL_KINDS
 
 ALLOWED_BITS: tuple[int, ...] = (2, 3, 4, 5, 6, 8)
@@ -110,9 +110,7 @@ class QuantizeSpec(JobSpecBase):
         default_factory=dict, description="module name, or regex matched in full, -> {bits, group_size}")
     export: Literal["none", "compressed-tensors"] = Field(
         "none", description="also write an `export` artifact in this ecosystem format")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="dtype of the calibration forward passes")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: the job's cpus)")
+    compute: Compute = Compute()  # its dtype is that of the calibration forward passes
 
     @model_validator(mode="after")
     def _calibration_for_gptq(self) -> "QuantizeSpec":

@@ -10,7 +10,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from .common import ArtifactRef, JobSpecBase, StrictModel
+from .common import ArtifactRef, JobSpecBase, RLCompute, StrictModel
 from .kinds import DATASET_KINDS, HF_MODEL_KINDS
 
 # Names of the verifiable rewards in `bitsmith.workers.grpo.rewards.REWARDS` (a test keeps them equal).
@@ -117,8 +117,7 @@ class RLSpec(JobSpecBase):
     steps: int = Field(100, ge=1)
     checkpoint_every_steps: int = Field(50, ge=1)
     samples_every_steps: int = Field(10, ge=1, description="rollout samples written to `samples` every N steps")
-    device: Literal["auto", "cpu", "cuda"] = "cpu"
-    threads: int | None = Field(None, ge=1, description="torch CPU threads of the learner (default: the job's cpus)")
+    compute: RLCompute = RLCompute()  # of the learner
 
     @model_validator(mode="after")
     def _consistent(self) -> "RLSpec":

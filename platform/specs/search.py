@@ -11,7 +11,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from .common import ArtifactRef, JobSpecBase, StrictModel
+from .common import ArtifactRef, JobSpecBase, SearchCompute, StrictModel
 from .kinds import DATASET_KINDS, HF_MODEL_KINDS
 from .quantize import Bits, GPTQMethod, GroupSize, ModuleSelection, QuantMethod
 
@@ -184,7 +184,7 @@ class SearchSpec(JobSpecBase):
     levels: LevelsConfig = LevelsConfig()
     modules: ModuleSelection = ModuleSelection()
     report: ReportConfig = ReportConfig()
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: the job's cpus)")
+    compute: SearchCompute = SearchCompute()
 
     @model_validator(mode="after")
     def _budget_fits(self) -> "SearchSpec":

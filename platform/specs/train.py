@@ -5,7 +5,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from .common import ArtifactRef, JobSpecBase, StrictModel
+from .common import ArtifactRef, JobSpecBase, StrictModel, TrainCompute
 from .kinds import DATASET_KINDS, HF_MODEL_KINDS
 
 
@@ -74,13 +74,11 @@ class TrainSpec(JobSpecBase):
     steps: int = Field(600, ge=1)
     batch_size: int = Field(16, ge=1, description="sequences per optimizer step")
     seq_len: int = Field(128, ge=8)
-    dtype: Literal["fp32", "bf16"] = "fp32"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compute: TrainCompute = TrainCompute()
     checkpoint_every_steps: int = Field(200, ge=1)
     eval_every_steps: int = Field(100, ge=1)
     eval_batches: int = Field(8, ge=1, description="held-out batches per evaluation")
     log_every_steps: int = Field(10, ge=1, description="train/* metrics are logged every this many steps")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: the job's cpus)")
 
     @model_validator(mode="after")
     def _inputs_match_mode(self) -> "TrainSpec":

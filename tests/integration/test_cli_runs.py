@@ -135,3 +135,17 @@ def test_runs_show_prints_the_fingerprint_and_an_old_run_still_shows_and_reprodu
     assert "recorded before code fingerprints" in cli("runs", "show", run_id).out
     res = cli("reproduce", run_id, "--executor", "local")
     assert "MATCH" in res.out and "not compared" in res.out and "fingerprint: None -> " + fingerprint in res.out
+
+
+def test_reproduce_of_a_run_whose_stored_spec_an_older_version_wrote_is_a_clear_error(cli) -> None:
+    import json
+    import sqlite3
+
+    spec = cli.write_spec("old.yaml", "kind: noop\npayload: old\n")
+    run_id = _submit(cli, spec).json()["run_id"]
+    stored = cli("runs", "show", run_id, "--json").json()["run"]["spec"]
+    with sqlite3.connect(cli.home / "bitsmith.db") as conn:  # a field an older bitsmith wrote at the top level
+        conn.execute("UPDATE runs SET spec = ? WHERE id = ?", (json.dumps({**stored, "threads": 1}), run_id))
+    res = cli("reproduce", run_id, "--executor", "local", check=False)
+    assert res.code == 2 and "Traceback" not in res.err
+    assert "threads" in res.err and "recorded by a version of bitsmith" in res.err

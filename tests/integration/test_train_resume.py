@@ -23,7 +23,8 @@ seq_len: 64
 checkpoint_every_steps: 40
 eval_every_steps: 80
 eval_batches: 2
-threads: 1
+compute:
+  threads: 1
 retries: 1
 """
 

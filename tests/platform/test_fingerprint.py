@@ -2,6 +2,7 @@
 imports (kernels included) plus its numeric libraries; it keys runs and derived artifacts, nothing else does."""
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,7 +15,7 @@ from bitsmith.platform.provenance import (code_fingerprint, code_version, derive
                                           source_root)
 from bitsmith.platform.reproduce import compare_runs
 from bitsmith.platform.scheduler.submit import record_submission
-from bitsmith.platform.specs import parse_spec
+from bitsmith.platform.specs import canonical_json, parse_spec, semantic_json
 
 KINDS = sorted(k for k, module in WORKER_MODULES.items() if module)
 CODE_DIRS = ("platform", "workers", "kernels", "migrations")
@@ -110,3 +111,21 @@ def test_reproduce_names_the_modules_that_changed(tree: Path) -> None:
     assert report.code_diff == {"fingerprint": (before["fingerprint"], after["fingerprint"])}
     old = {"package": "0.1.0", "commit": "c" * 40, "dirty_hash": None}  # a run recorded before fingerprints
     assert compare_runs(run("a", old), run("b", after), {}, {}, {}, {}).changed_modules is None
+
+
+@pytest.mark.parametrize("kind, extra", [("train", {"inputs": {"corpus": "c"}}),
+                                         ("quantize", {"inputs": {"model": "m", "calibration": "c"}}),
+                                         ("eval", {"inputs": {"model": "m", "data": "d"},
+                                                   "tasks": [{"type": "token_ppl"}]}),
+                                         ("search", {"inputs": {"model": "m", "calibration": "c"},
+                                                     "budget": {"type": "avg_bits", "bits_per_weight": 3.0}}),
+                                         ("rl", {"inputs": {"policy": "p", "data": "d"}})])
+def test_threads_default_to_the_cpus_resolved_into_the_spec_and_so_the_key(kind: str, extra: dict) -> None:
+    """Before: `threads` stayed unset and the worker used `resources.cpus`, which is not in the key."""
+    one, four = (parse_spec({"kind": kind, **extra, "resources": {"cpus": cpus}}) for cpus in (1, 4))
+    assert (one.compute.threads, four.compute.threads) == (1, 4)
+    assert semantic_json(one) != semantic_json(four)
+    pinned = [parse_spec({"kind": kind, **extra, "resources": {"cpus": cpus}, "compute": {"threads": 2}})
+              for cpus in (1, 4)]
+    assert semantic_json(pinned[0]) == semantic_json(pinned[1]) and pinned[0].compute.threads == 2
+    assert parse_spec(json.loads(canonical_json(one))) == one  # a stored spec parses back to itself

@@ -222,7 +222,7 @@ def test_choice_task_file_is_an_artifact_in_the_cache_key_and_lineage(cli: CLI, 
     lines = (ROOT / "tests" / "data" / "python_mc.jsonl").read_text().splitlines()
     mc.write_text("\n".join(lines[:4]) + "\n")
     spec = {"kind": "eval", "inputs": {"model": "tiny"}, "tasks": [{"type": "choice", "file": str(mc)}],
-            "threads": 1}
+            "compute": {"threads": 1}}
     first = cli.submit(spec)
     assert first["status"] == "succeeded" and not first["cache_hit"]
     _, shown, _ = cli("runs", "show", first["run_id"], "--json")
@@ -317,7 +317,8 @@ def test_sweep_imports_a_local_task_file_once_and_pins_it(cli: CLI, trained_lm: 
     mc = tmp_path / "mc.jsonl"
     mc.write_text("\n".join((ROOT / "tests" / "data" / "python_mc.jsonl").read_text().splitlines()[:3]) + "\n")
     digest = sha256_file(mc)
-    sweep = cli.spec("sweep.json", {"kind": "sweep", "base": {"kind": "eval", "inputs": {"model": "tiny"}, "threads": 1,
+    sweep = cli.spec("sweep.json", {"kind": "sweep", "base": {"kind": "eval", "inputs": {"model": "tiny"},
+                                                               "compute": {"threads": 1},
                                                                "tasks": [{"type": "choice", "file": str(mc)}]},
                                     "parameters": {"batch_size": [4]}})
     _, out, _ = cli("sweep", "run", sweep, "--executor", "local", "--json")

@@ -21,8 +21,8 @@ def test_yaml_and_json_give_the_same_canonical_spec(tmp_path) -> None:
 
 def test_overrides_set_nested_fields_and_parse_scalars() -> None:
     spec = load_spec(base={"kind": "train", "inputs": {"corpus": "c"}},
-                     overrides=["optim.lr=0.01", "steps=7", "dtype=bf16", "tags=[a, b]"])
-    assert spec.optim.lr == 0.01 and spec.steps == 7 and spec.dtype == "bf16" and spec.tags == ("a", "b")
+                     overrides=["optim.lr=0.01", "steps=7", "compute.dtype=bf16", "tags=[a, b]"])
+    assert spec.optim.lr == 0.01 and spec.steps == 7 and spec.compute.dtype == "bf16" and spec.tags == ("a", "b")
 
 
 def test_semantic_json_ignores_name_tags_resources() -> None:

@@ -99,7 +99,7 @@ def test_token_ppl_of_trained_lm_far_below_random_init(trained_lm, random_lm, py
                                                        trained_lm_report) -> None:
     values = {}
     for name, model_dir in [("trained", trained_lm), ("random", random_lm)]:
-        spec = parse_spec({"kind": "eval", "inputs": {"model": "m", "data": "d"}, "device": "cpu",
+        spec = parse_spec({"kind": "eval", "inputs": {"model": "m", "data": "d"}, "compute": {"device": "cpu"},
                            "tasks": [{"type": "token_ppl", "seq_len": 128, "max_chunks": 8}]})
         ctx, _ = local_context(tmp_path / name, {"model": model_dir, "data": pydoc_corpus})
         from bitsmith.workers import eval as eval_worker
@@ -217,7 +217,7 @@ def test_eval_job_writes_metrics_report_samples_and_reusable_logits(trained_lm, 
                                                                     tmp_path) -> None:
     from bitsmith.workers import eval as eval_worker
 
-    spec_data = {"kind": "eval", "device": "cpu", "batch_size": 4, "deterministic": True, "seed": 1,
+    spec_data = {"kind": "eval", "compute": {"device": "cpu"}, "batch_size": 4, "deterministic": True, "seed": 1,
                  "inputs": {"model": "m", "data": ["c", "a"], "reference": "r"},
                  "tasks": [{"type": "token_ppl", "seq_len": 64, "max_chunks": 4},
                            {"type": "word_ppl", "max_docs": 3},
@@ -267,14 +267,15 @@ def test_quantized_model_loads_through_quant_format_and_scores_close(trained_lm,
     from bitsmith.workers import quantize
 
     qspec = QuantizeSpec.model_validate({"kind": "quantize", "inputs": {"model": "m"}, "method": {"type": "rtn"},
-                                         "bits": 4, "group_size": 32, "device": "cpu"})
+                                         "bits": 4, "group_size": 32, "compute": {"device": "cpu"}})
     qctx, _ = local_context(tmp_path / "q", {"model": trained_lm})
     quantized = quantize.run(qspec, qctx).artifacts["model"].path
     assert quant_format.is_bitsmith_quantized(quantized)
     model, _ = load_model_and_tokenizer(quantized)
     assert any(type(m).__name__ == "QuantizedLinear" for m in model.modules())
 
-    spec = parse_spec({"kind": "eval", "device": "cpu", "inputs": {"model": "m", "data": "d", "reference": "r"},
+    spec = parse_spec({"kind": "eval", "compute": {"device": "cpu"},
+                       "inputs": {"model": "m", "data": "d", "reference": "r"},
                        "tasks": [{"type": "token_ppl", "seq_len": 128, "max_chunks": 8},
                                  {"type": "kl", "split": "test", "seq_len": 128, "max_chunks": 4}]})
     ppl = {}
@@ -293,7 +294,8 @@ def test_quantized_model_loads_through_quant_format_and_scores_close(trained_lm,
 def test_unusable_data_raises_data_error_naming_the_dataset(trained_lm, pydoc_corpus, tmp_path, task, message) -> None:
     from bitsmith.workers import eval as eval_worker
 
-    spec = parse_spec({"kind": "eval", "device": "cpu", "inputs": {"model": "m", "data": "d"}, "tasks": [task]})
+    spec = parse_spec({"kind": "eval", "compute": {"device": "cpu"}, "inputs": {"model": "m", "data": "d"},
+                       "tasks": [task]})
     ctx, _ = local_context(tmp_path, {"model": trained_lm, "data": pydoc_corpus})
     with pytest.raises(DataError, match=message) as info:
         eval_worker.run(spec, ctx)

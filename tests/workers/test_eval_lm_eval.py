@@ -34,7 +34,7 @@ def test_native_matches_lm_eval_word_ppl_and_choice_accuracy(trained_lm, ppl_doc
 
     metrics, reports = {}, {}
     for backend in ("native", "lm_eval"):
-        spec = parse_spec({"kind": "eval", "backend": backend, "device": "cpu", "batch_size": 4,
+        spec = parse_spec({"kind": "eval", "backend": backend, "compute": {"device": "cpu"}, "batch_size": 4,
                            "deterministic": True, "inputs": {"model": "m", "data": "d"},
                            "tasks": [{"type": "word_ppl", "seq_len": 64},
                                      {"type": "choice", "file": MC_REF}]})
@@ -66,11 +66,11 @@ def test_lm_eval_backend_runs_a_quantized_model_in_memory(trained_lm, pydoc_corp
 
     qctx, _ = local_context(tmp_path / "q", {"model": trained_lm})
     qspec = QuantizeSpec.model_validate({"kind": "quantize", "inputs": {"model": "m"}, "method": {"type": "rtn"},
-                                         "bits": 3, "group_size": 32, "device": "cpu"})
+                                         "bits": 3, "group_size": 32, "compute": {"device": "cpu"}})
     quantized = quantize.run(qspec, qctx).artifacts["model"].path
     metrics = {}
     for backend in ("native", "lm_eval"):
-        spec = parse_spec({"kind": "eval", "backend": backend, "device": "cpu", "inputs": {"model": "m"},
+        spec = parse_spec({"kind": "eval", "backend": backend, "compute": {"device": "cpu"}, "inputs": {"model": "m"},
                            "tasks": [{"type": "choice", "file": MC_REF}]})
         ctx, _ = local_context(tmp_path / backend, {"model": quantized, "task_file.0": MC_FILE})
         metrics[backend] = eval_worker.run(spec, ctx).metrics

@@ -17,7 +17,7 @@ def spec(**fields) -> EvalSpec:
 def test_defaults_and_metric_prefixes() -> None:
     s = spec(tasks=[{"type": "token_ppl"}, {"type": "word_ppl"}, {"type": "choice", "file": "x.jsonl"},
                     {"type": "generation"}, {"type": "token_ppl", "split": "calibration"}])
-    assert s.backend == "native" and s.dtype == "fp32" and s.batch_size == 8
+    assert s.backend == "native" and s.compute.dtype == "fp32" and s.batch_size == 8
     assert [metric_prefix(t) for t in s.tasks] == ["test/", "test/", "mc/", "gen/", "calibration/"]
     assert s.input_refs() == {"model": "m", "data": "d", "task_file.2": "x.jsonl"}  # a choice task's file is an input
 
@@ -41,8 +41,8 @@ def test_list_of_datasets_becomes_numbered_inputs() -> None:
     ({"tasks": [{"type": "token_ppl", "data_index": 1}]}, "data_index 1"),
     ({"tasks": [{"type": "token_ppl"}], "backend": "lm_eval"}, "backend native"),
     ({"tasks": [{"type": "token_ppl"}, {"type": "token_ppl"}]}, "distinct `name`"),
-    ({"tasks": [{"type": "token_ppl"}], "dtype": "bf16", "deterministic": True}, "fp32"),
-    ({"tasks": [{"type": "token_ppl"}], "dtype": "int8"}, "dtype"),
+    ({"tasks": [{"type": "token_ppl"}], "compute": {"dtype": "bf16"}, "deterministic": True}, "fp32"),
+    ({"tasks": [{"type": "token_ppl"}], "compute": {"dtype": "int8"}}, "compute.dtype"),
 ])
 def test_invalid_specs_name_the_field(fields: dict, message: str) -> None:
     with pytest.raises(SpecError, match=message):

@@ -21,7 +21,7 @@ HAS_COMPRESSED_TENSORS = importlib.util.find_spec("compressed_tensors") is not N
 
 
 def _spec(**fields) -> QuantizeSpec:
-    data = {"kind": "quantize", "inputs": {"model": "m", "calibration": "c"}, "device": "cpu",
+    data = {"kind": "quantize", "inputs": {"model": "m", "calibration": "c"}, "compute": {"device": "cpu"},
             "calibration": {"sequences": 16, "seq_len": 64}, **fields}
     return parse_spec(data)
 

@@ -20,7 +20,7 @@ ARITHMETIC = {"n_train": 200, "n_test": 20, "n_calibration": 10, "min_operand": 
               "operations": ["+"], "seed": 0}
 SFT = {"kind": "train", "inputs": {"data": "d", "model": "m"}, "mode": {"type": "sft"},
        "optim": {"lr": 3e-3, "warmup_steps": 10}, "steps": 60, "batch_size": 16, "seq_len": 32,
-       "eval_every_steps": 1000, "checkpoint_every_steps": 1000, "threads": 1}
+       "eval_every_steps": 1000, "checkpoint_every_steps": 1000, "compute": {"threads": 1}}
 TIMING = ("timing/", "perf/")
 
 
@@ -38,7 +38,7 @@ def warm_start(tmp_path_factory, trained_lm) -> tuple[Path, Path]:
 def rl_spec(**overrides) -> RLSpec:
     data = {"kind": "rl", "inputs": {"policy": "p", "data": "d"}, "data": {"limit_prompts": 16, "eval_limit": 32},
             "sampling": {"group_size": 8, "prompts_per_step": 16, "max_new_tokens": 4},
-            "optim": {"lr": 1e-3}, "steps": 60, "checkpoint_every_steps": 1000, "threads": 1}
+            "optim": {"lr": 1e-3}, "steps": 60, "checkpoint_every_steps": 1000, "compute": {"threads": 1}}
     data.update(overrides)
     return RLSpec.model_validate(data)
 

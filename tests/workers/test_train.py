@@ -21,7 +21,7 @@ def tiny_pretrain_spec(**overrides) -> TrainSpec:
             "mode": {"type": "pretrain", "arch": {"layers": 1, "hidden_size": 64, "heads": 2, "max_seq_len": 64},
                      "tokenizer": {"vocab_size": 512}},
             "optim": {"lr": 4e-3, "warmup_steps": 10}, "steps": 120, "batch_size": 8, "seq_len": 64,
-            "eval_every_steps": 40, "checkpoint_every_steps": 1000, "eval_batches": 4, "threads": 1,
+            "eval_every_steps": 40, "checkpoint_every_steps": 1000, "eval_batches": 4, "compute": {"threads": 1},
             "log_every_steps": 10}
     return TrainSpec.model_validate({**data, **overrides})
 
@@ -58,7 +58,7 @@ def test_spec_rejects_inconsistent_inputs_and_sizes():
 
 def test_bf16_autocast_trains_and_wrong_dataset_format_is_refused(tmp_path, pydoc_corpus, arithmetic_data):
     ctx, rec = local_context(tmp_path / "bf16", {"corpus": pydoc_corpus})
-    out = train.run(tiny_pretrain_spec(dtype="bf16", steps=30, eval_every_steps=30), ctx)
+    out = train.run(tiny_pretrain_spec(compute={"threads": 1, "dtype": "bf16"}, steps=30, eval_every_steps=30), ctx)
     losses = rec.metric("train/loss")
     assert math.isfinite(out.metrics["eval/loss"]) and losses[-1] < losses[0]
     ctx, _ = local_context(tmp_path / "wrong", {"corpus": arithmetic_data})
@@ -100,7 +100,7 @@ def test_sft_raises_held_out_exact_match(tmp_path, trained_lm, arithmetic_data):
     spec = TrainSpec.model_validate({
         "kind": "train", "inputs": {"data": "arith", "model": "lm"}, "mode": {"type": "sft"},
         "optim": {"lr": 3e-3, "warmup_steps": 20}, "steps": 600, "batch_size": 16,
-        "seq_len": 32, "eval_every_steps": 100, "checkpoint_every_steps": 1000, "threads": 1})
+        "seq_len": 32, "eval_every_steps": 100, "checkpoint_every_steps": 1000, "compute": {"threads": 1}})
     ctx, rec = local_context(tmp_path, {"data": arithmetic_data, "model": trained_lm})
     out = train.run(spec, ctx)
     held_out = read_split(arithmetic_data, "test")
