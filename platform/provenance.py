@@ -206,14 +206,16 @@ def _version(distribution: str) -> str | None:
         return None
 
 
-def environment(device: str | None = None) -> dict[str, Any]:
-    """Versions, device and determinism flags of the process that runs a job."""
+def environment(device: str | None = None, extra_packages: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Versions, device and determinism flags of the process that runs a job (the one environment capture:
+    the run record's and the eval report's). `device` "auto" or None is the device torch would pick."""
     env: dict[str, Any] = {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "host": socket.gethostname(),
-        "packages": dict(_package_versions()),
+        "packages": {**dict(_package_versions()), **{name: _version(name) for name in extra_packages}},
     }
+    device = None if device == "auto" else device
     try:
         import torch
 

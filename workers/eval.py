@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
-import platform as std_platform
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import torch
 
 from bitsmith.platform.context import InputArtifact, OutputArtifact, RunContext, WorkerOutputs
+from bitsmith.platform.provenance import environment
 from bitsmith.platform.specs.eval import TASK_FILE_ROLE, EvalSpec
 from bitsmith.workers.evaluators import EvalEnv, get_evaluator
 from bitsmith.workers.models import DTYPES, load_model_and_tokenizer, resolve_device
@@ -65,7 +63,7 @@ def evaluate(spec: EvalSpec, ctx: RunContext, seed: int) -> WorkerOutputs:
               "settings": {"backend": spec.backend, "batch_size": spec.batch_size, "device": str(device),
                            "dtype": spec.compute.dtype, "deterministic": spec.deterministic, "seed": seed,
                            "threads": torch.get_num_threads()},
-              "environment": environment_info(device, spec.backend),
+              "environment": environment(str(device), ("lm_eval",) if spec.backend == "lm_eval" else ()),
               "seconds": time.perf_counter() - started}
     report_path = ctx.output_path("report.json")
     report_path.write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
@@ -114,23 +112,3 @@ def deterministic_mode(enabled: bool) -> Iterator[None]:
         torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
         (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
          torch.backends.cudnn.benchmark) = saved[2:]
-
-
-def environment_info(device: torch.device, backend: str) -> dict[str, Any]:
-    """Library versions and hardware, recorded in every report."""
-    import numpy
-    import transformers
-
-    info: dict[str, Any] = {"python": sys.version.split()[0], "platform": std_platform.platform(),
-                            "torch": torch.__version__, "transformers": transformers.__version__,
-                            "numpy": numpy.__version__, "device": str(device),
-                            "cpu_threads": torch.get_num_threads()}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["cuda"] = torch.version.cuda
-    if backend == "lm_eval":
-        from importlib.metadata import version
-
-        info["lm_eval"] = version("lm_eval")
-    return info
-

@@ -71,7 +71,7 @@ def execute_run(run_id: str, settings: Settings) -> str:
         owner = store.lease_owner(_ray_node_id())
         print(f"[bitsmith] run {run_id} ({run.kind}) attempt {attempt} on {owner}", file=sys.stderr)
         spec = parse_spec(run.spec, source=f"run {run_id} spec")
-        device = getattr(spec, "device", None)
+        device = getattr(getattr(spec, "compute", None), "device", None)
         try:
             run = store.transition(  # compare-and-set: of two executors claiming one run, one wins
                 db, run_id, RUNNING, expected_from={QUEUED}, expected_attempt=run.attempt,

@@ -11,8 +11,8 @@ import pytest
 
 from bitsmith.platform.context import local_context
 from bitsmith.platform.jobs import WORKER_MODULES
-from bitsmith.platform.provenance import (code_fingerprint, code_version, derived_key, kind_fingerprint,
-                                          source_root)
+from bitsmith.platform.provenance import (code_fingerprint, code_version, derived_key, environment,
+                                          kind_fingerprint, source_root)
 from bitsmith.platform.reproduce import compare_runs
 from bitsmith.platform.scheduler.submit import record_submission
 from bitsmith.platform.specs import canonical_json, parse_spec, semantic_json
@@ -129,3 +129,12 @@ def test_threads_default_to_the_cpus_resolved_into_the_spec_and_so_the_key(kind:
               for cpus in (1, 4)]
     assert semantic_json(pinned[0]) == semantic_json(pinned[1]) and pinned[0].compute.threads == 2
     assert parse_spec(json.loads(canonical_json(one))) == one  # a stored spec parses back to itself
+
+
+def test_the_environment_records_the_device_auto_resolved_to_and_extra_packages() -> None:
+    import torch
+
+    assert environment("auto")["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert environment("cpu")["device"] == "cpu" and environment()["device"] == environment("auto")["device"]
+    env = environment("cpu", ("pytest",))
+    assert env["packages"]["pytest"] == pytest.__version__ and env["packages"]["torch"] == torch.__version__

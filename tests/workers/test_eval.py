@@ -245,7 +245,8 @@ def test_eval_job_writes_metrics_report_samples_and_reusable_logits(trained_lm, 
 
     report = json.loads(out.artifacts["report"].path.read_text())
     assert report["settings"]["batch_size"] == 4 and report["settings"]["dtype"] == "fp32"
-    assert report["environment"]["torch"] == torch.__version__ and "transformers" in report["environment"]
+    packages = report["environment"]["packages"]  # the platform's one environment capture
+    assert packages["torch"] == torch.__version__ and "transformers" in packages
     assert not any("token_ppl" in k for t in report["tasks"] if t["task"]["type"] == "word_ppl" for k in t)
     samples = [json.loads(line) for line in out.artifacts["samples"].path.read_text().splitlines()]
     assert sum(s["task"] == "mc" for s in samples) == 6

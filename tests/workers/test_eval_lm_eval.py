@@ -55,7 +55,7 @@ def test_native_matches_lm_eval_word_ppl_and_choice_accuracy(trained_lm, ppl_doc
     assert word_task["tokens_scored"] > 64 * word_task["documents"] / 2
     lm_task = reports["lm_eval"]["tasks"][0]
     assert lm_task["backend"] == "lm_eval" and lm_task["task_version"] is not None and lm_task["task_hash"]
-    assert reports["lm_eval"]["environment"]["lm_eval"] == "0.4.13"
+    assert reports["lm_eval"]["environment"]["packages"]["lm_eval"] == "0.4.13"
 
 
 def test_lm_eval_backend_runs_a_quantized_model_in_memory(trained_lm, pydoc_corpus, tmp_path) -> None:
