@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from .errors import JobCancelled, JobTimeout
+from .provenance import code_fingerprint as code_fingerprint  # re-exported: what workers may use of provenance
 from .provenance import derived_key
+from .provenance import environment as environment
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

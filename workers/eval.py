@@ -14,8 +14,7 @@ from contextlib import contextmanager
 
 import torch
 
-from bitsmith.platform.context import InputArtifact, OutputArtifact, RunContext, WorkerOutputs
-from bitsmith.platform.provenance import environment
+from bitsmith.platform.context import InputArtifact, OutputArtifact, RunContext, WorkerOutputs, environment
 from bitsmith.platform.specs.eval import TASK_FILE_ROLE, EvalSpec
 from bitsmith.workers.evaluators import EvalEnv, get_evaluator
 from bitsmith.workers.models import DTYPES, load_model_and_tokenizer, resolve_device

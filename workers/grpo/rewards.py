@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from bitsmith.platform.provenance import code_fingerprint
+from bitsmith.platform.context import code_fingerprint
 from bitsmith.workers.evaluators.answers import extract_boxed, extract_last_number, gold_answer, normalize_answer
 from bitsmith.workers.registry import Registry
 
