@@ -16,7 +16,7 @@ from .common import emit_json, executor_option, info, json_option, no_cache_opti
 @click.command()
 @click.argument("spec_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="override a spec field by dotted path, e.g. --set quant.bits=3 (repeatable)")
+              help="override a spec field by dotted path, e.g. --set method.damp_percent=0.05 (repeatable)")
 @click.option("--wait/--no-wait", default=False, help="run in this process's session and wait for the result")
 @executor_option()
 @no_cache_option()

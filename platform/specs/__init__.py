@@ -60,7 +60,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise SpecError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. quant.bits=3")
+            raise SpecError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. method.damp_percent=0.05")
         try:
             value = loads_yaml(raw, f"--set {key}") if raw.strip() else ""
         except StrictInputError:
