@@ -18,8 +18,9 @@ from .quantize import Bits, GPTQMethod, GroupSize, ModuleSelection, QuantMethod
 
 class SearchInputs(StrictModel):
     model: ArtifactRef = Field(..., description="Hugging Face causal-LM model artifact (unquantized)")
-    calibration: ArtifactRef = Field(..., description="text dataset artifact: its calibration split calibrates "
-                                                      "and scores candidates, its test split is held out for the report")
+    calibration: ArtifactRef = Field(..., description=(
+        "text dataset artifact: its calibration split calibrates and scores candidates, its test split is held out "
+        "for the report"))
 
 
 # -- budgets ----------------------------------------------------------------------------------------
@@ -71,8 +72,8 @@ class EvoMethod(StrictModel):
     fitness_seq_len: int = Field(128, ge=8)
     fitness_top_k: int | None = Field(None, ge=1, description="keep only the reference's k most likely tokens "
                                                               "(e.g. 64 for large vocabularies); null: exact KL")
-    init: Literal["uniform", "dp"] = Field("uniform", description="starting allocation (uniform is filled "
-                                                                  "greedily up to the budget when no width fits exactly)")
+    init: Literal["uniform", "dp"] = Field("uniform", description=(
+        "starting allocation (uniform is filled greedily up to the budget when no width fits exactly)"))
     n_actors: int = Field(1, ge=1, le=64, description="fitness actors, each holding one model copy")
     checkpoint_every: int = Field(10, ge=1, description="generations between checkpoints")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import time
 
-import pytest
 
 
 def _submit(cli, spec, *extra, check=True):
