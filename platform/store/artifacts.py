@@ -108,15 +108,20 @@ def _by_run_name(conn: Connection, ref: str, run_name: str, role: str) -> Artifa
     if run is None:
         raise NotFoundError(f"artifact ref {ref!r}: no succeeded run named {run_name!r}; expected RUN_NAME/ROLE "
                             "with the name of a succeeded run", hint="bitsmith runs list --status succeeded")
+    return _run_output(conn, ref, run.id, role, f"run {run.id} (the newest succeeded run named {run_name!r})", "none")
+
+
+def _run_output(conn: Connection, ref: str, run_id: str, role: str, which: str, no_roles: str) -> ArtifactRecord:
+    """Output `role` of run `run_id`; a NotFoundError listing its outputs (`which` names the run) otherwise."""
     rows = conn.execute(select(run_outputs_t.c.role, artifacts_t)
                         .join(artifacts_t, artifacts_t.c.digest == run_outputs_t.c.digest)
-                        .where(run_outputs_t.c.run_id == run.id)).all()
+                        .where(run_outputs_t.c.run_id == run_id)).all()
     for row in rows:
         if row.role == role:
             return artifact_from_row(row)
-    roles = ", ".join(sorted(r.role for r in rows)) or "none"
-    raise NotFoundError(f"artifact ref {ref!r}: run {run.id} (the newest succeeded run named {run_name!r}) has no "
-                        f"output {role!r}; expected one of its outputs ({roles})", hint=f"bitsmith runs show {run.id}")
+    roles = ", ".join(sorted(r.role for r in rows)) or no_roles
+    raise NotFoundError(f"artifact ref {ref!r}: {which} has no output {role!r}; expected one of its outputs ({roles})",
+                        hint=f"bitsmith runs show {run_id}")
 
 
 def get_artifact(db: Database, digest_or_prefix: str) -> ArtifactRecord:
@@ -143,15 +148,7 @@ def resolve_artifact_ref(db: Database, ref: str) -> ArtifactRecord:
                 raise UsageError(f"artifact ref {ref!r}: malformed run reference; expected run:RUN_ID/ROLE, "
                                  "e.g. run:01a2b3/model", hint="bitsmith runs show RUN_ID")
             run_id = resolve_run_id(conn, run_ref)
-            rows = conn.execute(select(run_outputs_t.c.role, artifacts_t)
-                                .join(artifacts_t, artifacts_t.c.digest == run_outputs_t.c.digest)
-                                .where(run_outputs_t.c.run_id == run_id)).all()
-            for row in rows:
-                if row.role == role:
-                    return artifact_from_row(row)
-            roles = ", ".join(sorted(r.role for r in rows)) or "none yet"
-            raise NotFoundError(f"artifact ref {ref!r}: run {run_id} has no output {role!r}; expected one of its "
-                                f"outputs ({roles})", hint=f"bitsmith runs show {run_id}")
+            return _run_output(conn, ref, run_id, role, f"run {run_id}", "none yet")
         if text.startswith("sha256:"):
             prefix = text[7:].lower()
             if len(prefix) < MIN_PREFIX or not _HEX.match(prefix):
