@@ -105,6 +105,8 @@ class Run(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     # An in-flight run with the same cache key that this queued run waits for, to become its cache hit.
     joins: Mapped[str | None] = mapped_column(ID, ForeignKey("runs.id", ondelete="SET NULL"))
+    # Queue order: higher priority first, then oldest first (`bitsmith submit --priority`).
+    priority: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
 
 
 class Artifact(Base):
@@ -186,6 +188,21 @@ class RunEvent(Base):
     message: Mapped[str | None] = mapped_column(Text)
 
 
+class Dispatcher(Base):
+    """The one dispatcher of the store's queue: its lease (renewed by its heartbeat) and its last snapshot."""
+
+    __tablename__ = "dispatchers"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)       # one row: "default"
+    owner: Mapped[str] = mapped_column(String(255), nullable=False)       # host:pid of the dispatcher process
+    ray_address: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    lease_expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    # Resources total/used/free, runs in flight, as of its last heartbeat (what `scheduler status` shows).
+    state: Mapped[dict] = mapped_column(JSON, nullable=False)
+
+
 runs_t = Run.__table__
 artifacts_t = Artifact.__table__
 run_inputs_t = RunInput.__table__
@@ -194,3 +211,4 @@ metrics_t = Metric.__table__
 run_events_t = RunEvent.__table__
 sweeps_t = Sweep.__table__
 artifact_names_t = ArtifactName.__table__
+dispatchers_t = Dispatcher.__table__

@@ -16,7 +16,8 @@ from bitsmith.platform.store import (create_run, current_revision, dispose_engin
 from bitsmith.platform.store.engine import VERSION_TABLE, _alembic_config, engine_for
 from bitsmith.platform.store.schema import Base
 
-TABLES = {"runs", "artifacts", "run_inputs", "run_outputs", "metrics", "sweeps", "run_events", "artifact_names"}
+TABLES = {"runs", "artifacts", "run_inputs", "run_outputs", "metrics", "sweeps", "run_events", "artifact_names",
+          "dispatchers"}
 
 
 def schema_diffs(url: str) -> list:
