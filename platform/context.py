@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from .errors import JobCancelled, JobTimeout
+from .jobs import check_recorded_output
 from .provenance import code_fingerprint as code_fingerprint  # re-exported: what workers may use of provenance
 from .provenance import derived_key
 from .provenance import environment as environment
@@ -106,6 +107,7 @@ class RunContext:
     actor_pool_factory: ActorPoolFactory | None = None
     derived_lookup: DerivedLookup | None = None
     derived_store: DerivedStore | None = None
+    job_kind: str | None = None  # when set, what the worker records while running is held to the kind's declaration
     _metric_buffer: list[tuple[str, int | None, float]] = field(default_factory=list)
     _last_flush: float = field(default_factory=time.monotonic)
 
@@ -140,6 +142,7 @@ class RunContext:
     # -- checkpoints ----------------------------------------------------------------------------
     def save_checkpoint(self, path: Path, step: int, metadata: dict[str, Any] | None = None) -> None:
         """Store a checkpoint directory as an artifact so a retried or resubmitted run resumes from it."""
+        self._check_recorded(checkpoint_role(step), "checkpoint")
         self.flush_metrics()
         if self.checkpoint_sink is not None:
             self.checkpoint_sink(Path(path), step, dict(metadata or {}))
@@ -158,6 +161,7 @@ class RunContext:
         mixes in the code fingerprint of the module defining `build` (its source and every `bitsmith.*`
         module it imports), stores the result content-addressed and records it in lineage.
         """
+        self._check_recorded(derived_role(kind), kind)  # before anything is looked up or built
         key = self.derived_key(key, build)
         if self.derived_lookup is not None:
             found = self.derived_lookup(key, kind)
@@ -173,6 +177,10 @@ class RunContext:
             build(tmp)
             tmp.rename(out)
         return self.derived_store(key, kind, out) if self.derived_store is not None else out
+
+    def _check_recorded(self, role: str, kind: str) -> None:
+        if self.job_kind is not None:
+            check_recorded_output(self.job_kind, role, kind)  # an OutputError naming the role
 
     # -- parallelism --------------------------------------------------------------------------------
     def actor_pool(self, cls: type, n_actors: int, *args: Any, cpus_per_actor: float = 1.0,
@@ -212,6 +220,16 @@ class RunContext:
 
         torch.manual_seed(seed)
         return seed
+
+
+def checkpoint_role(step: int) -> str:
+    """The output role a checkpoint saved at `step` is recorded under (`checkpoint/step-000000042`)."""
+    return f"checkpoint/step-{step:09d}"
+
+
+def derived_role(kind: str) -> str:
+    """The output role a derived artifact of `kind` built by a run is recorded under (`derived/level-db`)."""
+    return f"derived/{kind}"
 
 
 def builder_module(build: Callable[..., Any]) -> str:
@@ -305,9 +323,10 @@ class LocalRunRecorder:
 
 def local_context(work_dir: str | Path, inputs: dict[str, str | Path | InputArtifact] | None = None,
                   seed: int = 0, run_id: str = "local", resume_checkpoint: Path | None = None,
-                  resume_step: int | None = None, cpus: float = 1.0,
+                  resume_step: int | None = None, cpus: float = 1.0, job_kind: str | None = None,
                   ) -> tuple[RunContext, LocalRunRecorder]:
-    """A context that keeps metrics and checkpoints in memory; inputs are local paths."""
+    """A context that keeps metrics and checkpoints in memory; inputs are local paths. With `job_kind`, what
+    the worker records while running is held to that kind's declared outputs, as under the platform."""
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     recorder = LocalRunRecorder()
@@ -328,5 +347,5 @@ def local_context(work_dir: str | Path, inputs: dict[str, str | Path | InputArti
 
     ctx = RunContext(run_id=run_id, seed=seed, work_dir=work_dir, inputs=resolved,
                      metric_sink=recorder.metrics.extend, checkpoint_sink=keep_checkpoint,
-                     resume_checkpoint=resume_checkpoint, resume_step=resume_step, cpus=cpus)
+                     resume_checkpoint=resume_checkpoint, resume_step=resume_step, cpus=cpus, job_kind=job_kind)
     return ctx, recorder

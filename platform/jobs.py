@@ -1,5 +1,6 @@
-"""Running a job kind: its worker module (imported only when a job of that kind runs) and the check of what
-the worker produced against the outputs the kind declares (`specs.job_kinds.JOB_KIND_TABLE`)."""
+"""Running a job kind: its worker module (imported only when a job of that kind runs) and the checks of what
+the worker produced (returned, or recorded through its context while running) against the outputs the kind
+declares (`specs.job_kinds.JOB_KIND_TABLE`)."""
 from __future__ import annotations
 
 import importlib
@@ -41,6 +42,19 @@ def check_returned_outputs(kind: str, artifacts: dict[str, Any]) -> None:
         if declared.required and not declared.via_context and declared.role not in artifacts:
             raise OutputError(f"{kind} worker: returned no {declared.role!r} output; expected it "
                               f"(a {declared.kind!r} artifact every {kind} job produces)")
+
+
+def check_recorded_output(kind: str, role: str, artifact_kind: str) -> None:
+    """Refuse an output a `kind` worker records while running (`ctx.save_checkpoint`, `ctx.cached_artifact`)
+    that the kind does not declare as recorded while running, or of another artifact kind than declared."""
+    entry = job_kind(kind)
+    declared = entry.output_for(role)
+    if declared is None or not declared.via_context:
+        recorded = ", ".join(o.role for o in entry.outputs if o.via_context)
+        expected = f"one of {recorded}" if recorded else f"none ({kind} jobs record no outputs while running)"
+        raise OutputError(f"{kind} worker: recorded output {role!r} while running, which {kind} jobs do not "
+                          f"declare; expected {expected}")
+    _check_kind(kind, role, artifact_kind, declared.kind)
 
 
 def _check_kind(kind: str, role: str, got: str, expected: str) -> None:

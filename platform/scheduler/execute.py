@@ -247,7 +247,7 @@ def _build_context(db: Any, run: RunRecord, spec: Any, settings: Settings, lost:
                       checkpoint_sink=save_checkpoint, resume_checkpoint=resume_path, resume_step=resume_step,
                       deadline=deadline, should_cancel=should_cancel, attempt=run.attempt, cpus=spec.resources.cpus,
                       actor_pool_factory=pool_factory, derived_lookup=derived_lookup,
-                      derived_store=derived_store)
+                      derived_store=derived_store, job_kind=run.kind)
 
 
 def _inside_ray_task() -> bool:
