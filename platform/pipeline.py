@@ -1,9 +1,10 @@
 """Pipelines: stages of job specs (YAML), each stage's jobs run together, later stages use earlier outputs.
 
 A pipeline file lists stages; each job names a spec file (relative to the pipeline file) and optional
-`set` overrides. Inputs refer to earlier outputs by artifact name (`RUN_NAME/ROLE`); where RUN_NAME is an
-earlier step, ROLE must be an output its job kind declares (checked on load, before anything runs). Every job
-goes through the same submission path as `bitsmith submit`, so finished steps are cache hits.
+`set` overrides. Inputs refer to earlier outputs by artifact name (`RUN_NAME/ROLE`); ROLE must be an output
+the job kind of RUN_NAME declares: checked on load where RUN_NAME is an earlier step, and before the first
+stage is submitted where it is a run already in the store. Every job goes through the same submission path
+as `bitsmith submit`, so finished steps are cache hits.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import yaml
 from . import store
 from .config import Settings
 from .errors import SpecError
-from .specs import JOB_KIND_TABLE, JobSpecBase, load_spec
+from .output_refs import check_declared_output, check_store_references, split_run_ref
+from .specs import JobSpecBase, load_spec
 from .specs.strict import StrictInputError, loads_yaml
 
 
@@ -77,21 +79,21 @@ def check_step_references(stages: list[Stage], specs: list[list[JobSpecBase]]) -
     for stage, stage_specs in zip(stages, specs):
         for job, spec in zip(stage.jobs, stage_specs):
             for role, ref in spec.input_refs().items():
-                _check_step_reference(job, spec, role, ref, earlier)
+                parsed = split_run_ref(ref)
+                if parsed is not None and not parsed[2] and parsed[0] in earlier:
+                    check_declared_output(f"{job.spec_file}: {spec.input_field(role)}", ref, earlier[parsed[0]],
+                                          parsed[1], f"pipeline step {parsed[0]!r}")
         earlier.update({spec.name: spec.kind for spec in stage_specs if spec.name})
 
 
-def _check_step_reference(job: PipelineJob, spec: JobSpecBase, role: str, ref: str, earlier: dict[str, str]) -> None:
-    run_name, sep, output = ref.strip().rpartition("/")  # as the store reads RUN_NAME/ROLE
-    if not sep or ref.strip().startswith("run:") or run_name not in earlier:
-        return
-    entry = JOB_KIND_TABLE[earlier[run_name]]
-    declared = entry.output_for(output)
-    if declared is None or declared.via_context:
-        roles = ", ".join(o.role for o in entry.outputs if not o.via_context)
-        raise SpecError(f"{job.spec_file}: {spec.input_field(role)}: {ref!r} names output {output!r} of pipeline "
-                        f"step {run_name!r}, which {entry.kind} jobs do not declare; expected one of {roles}",
-                        hint=f"bitsmith spec-schema {entry.kind}")
+def check_outside_references(db: Any, stages: list[Stage], specs: list[list[JobSpecBase]]) -> None:
+    """Refuse, before the first stage is submitted, an input naming an undeclared output of a run already in the
+    store (not a step of this pipeline): a later stage would otherwise fail only after the earlier ones ran."""
+    steps = {spec.name for stage_specs in specs for spec in stage_specs if spec.name}
+    refs = [(f"{job.spec_file}: {spec.input_field(role)}", ref)
+            for stage, stage_specs in zip(stages, specs) for job, spec in zip(stage.jobs, stage_specs)
+            for role, ref in spec.input_refs().items()]
+    check_store_references(db, refs, skip_names=steps)
 
 
 def _yaml_scalar(value: Any) -> str:
@@ -110,8 +112,10 @@ def run_pipeline(stages: list[Stage], settings: Settings, *, executor: str = "ra
 
     db = store.open_database(settings.db_url)
     code = code_version()
+    loaded_stages = load_stage_specs(stages)
+    check_outside_references(db, stages, loaded_stages)
     results = []
-    for stage, loaded in zip(stages, load_stage_specs(stages)):
+    for stage, loaded in zip(stages, loaded_stages):
         specs = [import_task_files(db, settings, spec) for spec in loaded]
         subs = [record_submission(db, spec, code=code, executor=executor, no_cache=no_cache) for spec in specs]
         result = StageResult(stage.name, [s.run.id for s in subs], sum(s.cache_hit for s in subs))

@@ -35,7 +35,12 @@ def run_sweep_cmd(ctx: click.Context, sweep_file: Path, overrides: tuple[str, ..
     children = child_specs(spec)  # every child validated before anything is written (optuna: a representative)
     plan = describe_plan(spec, len(children))
     db = open_db(ctx)
+    from ..output_refs import check_store_references
+    from ..sweeps.expand import sweep_input_fields
     from ..task_files import import_base_task_files
+
+    # a ref naming a run in the store names an output its kind declares, before anything is written
+    check_store_references(db, [(f"{sweep_file}: {field}", ref) for field, ref in sweep_input_fields(spec)])
 
     spec = spec.model_copy(update={"base": import_base_task_files(db, settings_from(ctx), spec.base)})
     record = create_sweep(db, spec)  # its input refs resolved now: children and resumes use these digests

@@ -2,8 +2,8 @@
 
 Every function takes the `Database` from `open_database` first and returns frozen records.
 """
-from .artifacts import (artifact_consumers, find_artifacts, get_artifact, list_artifacts, register_artifact,
-                        resolve_artifact_ref)
+from .artifacts import (artifact_consumers, find_artifacts, get_artifact, list_artifacts, newest_run_named,
+                        register_artifact, resolve_artifact_ref)
 from .engine import (Database, current_revision, dispose_engines, downgrade_database, head_revision, open_database,
                      upgrade_database)
 from .leases import lease_owner, lease_values, owner_is_gone
@@ -27,7 +27,7 @@ __all__ = [
     "add_run_inputs", "add_run_outputs", "artifact_consumers", "create_run", "create_sweep", "current_revision",
     "dispose_engines", "downgrade_database", "final_metrics", "find_artifacts", "find_cached_run", "get_artifact",
     "get_metrics", "get_run", "get_sweep", "head_revision", "lineage", "list_artifacts", "list_runs", "log_metrics",
-    "new_id", "open_database", "record_cache_hit", "record_join_hit", "register_artifact", "request_cancel",
-    "resolve_artifact_ref", "run_events", "run_inputs", "run_outputs", "set_sweep_status", "transition",
-    "upgrade_database",
+    "new_id", "newest_run_named", "open_database", "record_cache_hit", "record_join_hit", "register_artifact",
+    "request_cancel", "resolve_artifact_ref", "run_events", "run_inputs", "run_outputs", "set_sweep_status",
+    "transition", "upgrade_database",
 ]

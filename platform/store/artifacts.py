@@ -17,10 +17,10 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ..errors import NotFoundError, UsageError
-from .engine import Database, write
-from .records import ArtifactRecord, RunArtifactEdge
+from .engine import Database, read, write
+from .records import ArtifactRecord, RunArtifactEdge, RunRecord
 from .records import SUCCEEDED
-from .runs import resolve_run_id
+from .runs import resolve_run_id, run_from_row
 from .schema import artifact_names_t, artifacts_t, run_inputs_t, run_outputs_t, runs_t, utcnow
 
 _HEX = re.compile(r"^[0-9a-f]+$")
@@ -109,6 +109,17 @@ def _by_run_name(conn: Connection, ref: str, run_name: str, role: str) -> Artifa
         raise NotFoundError(f"artifact ref {ref!r}: no succeeded run named {run_name!r}; expected RUN_NAME/ROLE "
                             "with the name of a succeeded run", hint="bitsmith runs list --status succeeded")
     return _run_output(conn, ref, run.id, role, f"run {run.id} (the newest succeeded run named {run_name!r})", "none")
+
+
+def newest_run_named(db: Database, run_name: str) -> RunRecord | None:
+    """The run `RUN_NAME/ROLE` names: the newest succeeded run named `run_name`, else the newest of any status
+    (so its job kind is known before it succeeded), None when no run has that name."""
+    def body(conn: Connection) -> RunRecord | None:
+        row = conn.execute(select(runs_t).where(runs_t.c.name == run_name)
+                           .order_by((runs_t.c.status == SUCCEEDED).desc(), runs_t.c.created_at.desc(),
+                                     runs_t.c.id.desc()).limit(1)).first()
+        return run_from_row(row) if row is not None else None
+    return read(db, body)
 
 
 def _run_output(conn: Connection, ref: str, run_id: str, role: str, which: str, no_roles: str) -> ArtifactRecord:

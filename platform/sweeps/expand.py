@@ -119,12 +119,22 @@ def child_specs(sweep: SweepSpec) -> list[tuple[dict[str, Any], JobSpecBase]]:
 def sweep_input_refs(sweep: SweepSpec) -> set[str]:
     """Every input ref a child of the sweep can use: those of the expanded children (optuna: its
     representative) plus each string among the values of a parameter under `inputs.`."""
-    refs = {ref for _, spec in child_specs(sweep) for ref in spec.input_refs().values()}
+    return {ref for _, ref in sweep_input_fields(sweep)}
+
+
+def sweep_input_fields(sweep: SweepSpec) -> list[tuple[str, str]]:
+    """(sweep field, ref) of every input ref a child can use (as `sweep_input_refs`), each once, named by the
+    field it comes from: `base.inputs.NAME` or `parameters.inputs.NAME`."""
+    found: dict[tuple[str, str], None] = {}
+    for _, spec in child_specs(sweep):
+        for role, ref in spec.input_refs().items():
+            path = f"inputs.{role.partition('.')[0]}"
+            found[(f"parameters.{path}" if path in sweep.parameters else f"base.{spec.input_field(role)}", ref)] = None
     for path, param in sweep.parameters.items():
         if path.startswith("inputs."):
             values = (param.choices or ()) if isinstance(param, RandomParam) else param
-            refs.update(_strings(values))
-    return refs
+            found.update({(f"parameters.{path}", ref): None for ref in _strings(values)})
+    return list(found)
 
 
 def _strings(value: Any) -> list[str]:
