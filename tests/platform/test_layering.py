@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from bitsmith.platform.specs.job_kinds import JOB_KIND_TABLE
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -67,21 +69,22 @@ def test_cli_help_is_fast_and_imports_nothing_heavy() -> None:
     assert out.stdout.strip() == "[]"
 
 
-# The worker module of each job kind: a recipe, importable only by the platform, never by another worker module.
-JOB_MODULES = {f"bitsmith.workers.{name}" for name in ("quantize", "search", "eval", "rl", "train", "noop")}
+# The worker module of each job kind (from the one table): a recipe, importable only by the platform, never by
+# another worker module.
+JOB_MODULES = {entry.worker for entry in JOB_KIND_TABLE.values()}
 
 
-def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+def _module_name(path: Path, root: Path = ROOT) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(["bitsmith", *parts])
 
 
-def _resolved_imports(path: Path) -> set[str]:
+def _resolved_imports(path: Path, root: Path = ROOT) -> set[str]:
     """Every module an import statement anywhere in `path` (functions included) may load, relative ones
     resolved; `from X import Y` counts both X and X.Y (Y may be a submodule)."""
-    name = _module_name(path)
+    name = _module_name(path, root)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
@@ -98,13 +101,35 @@ def _resolved_imports(path: Path) -> set[str]:
     return found
 
 
+def _cross_worker_imports(root: Path, job_modules: set[str]) -> list[tuple[str, str]]:
+    """(module, job worker module it imports) for every module under `root`/workers importing another job's."""
+    offenders = []
+    for path in sorted((root / "workers").rglob("*.py")):
+        own = _module_name(path, root)
+        offenders += [(own, target) for target in sorted(_resolved_imports(path, root) & job_modules)
+                      if target != own]
+    return offenders
+
+
 def test_no_worker_module_imports_another_jobs_worker_module() -> None:
     assert all(_module_name(ROOT / "workers" / f"{m.rsplit('.', 1)[1]}.py") == m for m in JOB_MODULES)
-    offenders = []
-    for path in (ROOT / "workers").rglob("*.py"):
-        own = _module_name(path)
-        offenders += [(own, target) for target in sorted(_resolved_imports(path) & JOB_MODULES) if target != own]
-    assert offenders == []
+    assert _cross_worker_imports(ROOT, JOB_MODULES) == []
+
+
+def test_the_cross_worker_check_finds_each_import_form(tmp_path: Path) -> None:
+    """The check above can fail: absolute, relative, `from bitsmith.workers import quantize` and imports
+    inside functions or sub-packages are all found; the platform may import worker modules."""
+    (tmp_path / "workers" / "allocation").mkdir(parents=True)
+    (tmp_path / "workers" / "quantize.py").write_text("import bitsmith.workers.calibration\n")
+    (tmp_path / "workers" / "calibration.py").write_text("import torch\n")
+    (tmp_path / "workers" / "search.py").write_text("def run(spec, ctx):\n    from .quantize import run\n")
+    (tmp_path / "workers" / "eval.py").write_text("from bitsmith.workers import search\n")
+    (tmp_path / "workers" / "allocation" / "levels.py").write_text("from ..quantize import plan_layers\n")
+    jobs = {"bitsmith.workers.quantize", "bitsmith.workers.search", "bitsmith.workers.eval"}
+    assert _cross_worker_imports(tmp_path, jobs) == [
+        ("bitsmith.workers.allocation.levels", "bitsmith.workers.quantize"),
+        ("bitsmith.workers.eval", "bitsmith.workers.search"),
+        ("bitsmith.workers.search", "bitsmith.workers.quantize")]
 
 
 def _platform_modules() -> dict[str, Path]:
@@ -164,6 +189,11 @@ def _import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         if node not in index:
             visit(node)
     return cycles
+
+
+def test_the_cycle_check_finds_cycles() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": {"f"}, "f": {"e"}, "g": set()}
+    assert _import_cycles(graph) == [["a", "b", "c"], ["e", "f"]]
 
 
 def test_no_import_cycle_in_platform() -> None:
