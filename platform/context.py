@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from .errors import JobCancelled, JobTimeout
+from .errors import JobCancelled, JobTimeout, SpecError
 from .jobs import check_recorded_output
 from .provenance import code_fingerprint as code_fingerprint  # re-exported: what workers may use of provenance
 from .provenance import derived_key
@@ -113,10 +113,13 @@ class RunContext:
 
     # -- inputs ---------------------------------------------------------------------------------
     def input(self, name: str) -> InputArtifact:
+        """The input `name`; a `SpecError` naming it (and the inputs the run has) when it was not given."""
         try:
             return self.inputs[name]
         except KeyError:
-            raise KeyError(f"input {name!r} not given to run {self.run_id}; have {sorted(self.inputs)}") from None
+            have = ", ".join(sorted(self.inputs)) or "none"
+            raise SpecError(f"inputs.{name}: not given to run {self.run_id}; expected an artifact ref for it "
+                            f"(inputs given: {have})") from None
 
     def output_path(self, name: str) -> Path:
         """A fresh path under the work dir for an output file or directory."""
