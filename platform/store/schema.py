@@ -140,23 +140,29 @@ class ArtifactName(Base):
 
 
 class RunInput(Base):
-    """Lineage edge: run `run_id` consumed artifact `digest` under `role`."""
+    """Lineage edge: run `run_id` consumed artifact `digest` under `role`.
+
+    Indexed both ways: by run (the primary key: what a run consumed) and by digest, covering the run and
+    role (what consumed an artifact), so each step of a lineage walk is an index lookup.
+    """
 
     __tablename__ = "run_inputs"
+    __table_args__ = (Index("ix_run_inputs_digest_run_id", "digest", "run_id", "role"),)
 
     run_id: Mapped[str] = mapped_column(ID, ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
     role: Mapped[str] = mapped_column(String(128), primary_key=True)
-    digest: Mapped[str] = mapped_column(DIGEST, ForeignKey("artifacts.digest"), nullable=False, index=True)
+    digest: Mapped[str] = mapped_column(DIGEST, ForeignKey("artifacts.digest"), nullable=False)
 
 
 class RunOutput(Base):
-    """Lineage edge: run `run_id` produced artifact `digest` under `role`."""
+    """Lineage edge: run `run_id` produced artifact `digest` under `role` (indexed both ways, like inputs)."""
 
     __tablename__ = "run_outputs"
+    __table_args__ = (Index("ix_run_outputs_digest_run_id", "digest", "run_id", "role"),)
 
     run_id: Mapped[str] = mapped_column(ID, ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
     role: Mapped[str] = mapped_column(String(128), primary_key=True)
-    digest: Mapped[str] = mapped_column(DIGEST, ForeignKey("artifacts.digest"), nullable=False, index=True)
+    digest: Mapped[str] = mapped_column(DIGEST, ForeignKey("artifacts.digest"), nullable=False)
 
 
 class Metric(Base):
@@ -172,6 +178,24 @@ class Metric(Base):
     # Nullable because SQLite stores NaN as NULL; the store reads NULL back as NaN.
     value: Mapped[float | None] = mapped_column(Float)
     logged_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class RunMetricFinal(Base):
+    """A run's final value of one metric key, as `store.final_metrics` defines it (the value at the largest step
+    of the run's latest attempt that logged any), written in the same transaction as the metric rows.
+
+    The (key, value, run_id) index makes sorting and filtering runs by a final metric an index scan.
+    """
+
+    __tablename__ = "run_metric_finals"
+    __table_args__ = (Index("ix_run_metric_finals_key_value", "key", "value", "run_id"),)
+
+    run_id: Mapped[str] = mapped_column(ID, ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False)
+    step: Mapped[int | None] = mapped_column(BigInteger)
+    # NULL for NaN on both databases (NaN neither sorts nor compares).
+    value: Mapped[float | None] = mapped_column(Float)
 
 
 class RunEvent(Base):
@@ -208,6 +232,7 @@ artifacts_t = Artifact.__table__
 run_inputs_t = RunInput.__table__
 run_outputs_t = RunOutput.__table__
 metrics_t = Metric.__table__
+metric_finals_t = RunMetricFinal.__table__
 run_events_t = RunEvent.__table__
 sweeps_t = Sweep.__table__
 artifact_names_t = ArtifactName.__table__

@@ -17,7 +17,7 @@ from bitsmith.platform.store.engine import VERSION_TABLE, _alembic_config, engin
 from bitsmith.platform.store.schema import Base
 
 TABLES = {"runs", "artifacts", "run_inputs", "run_outputs", "metrics", "sweeps", "run_events", "artifact_names",
-          "dispatchers"}
+          "dispatchers", "run_metric_finals"}
 
 
 def schema_diffs(url: str) -> list:
