@@ -223,6 +223,11 @@ def recover_runs(ctx: click.Context, run_refs: tuple[str, ...], executor: str, w
     finals: dict[str, str] = {}
     if dispatch and wait:
         finals = EXECUTORS[executor](dispatch, settings)
+    elif dispatch and executor == "ray":  # this process's dispatch lease ends with it: the dispatcher takes them
+        from ..scheduler.daemon import ensure_dispatcher
+
+        ensure_dispatcher(settings, db)
+        info(f"{len(dispatch)} runs handed to the store's queue; follow with: bitsmith queue")
     elif dispatch:
         pid = spawn_runner(dispatch, settings, executor)
         info(f"runs dispatched by runner pid {pid}; follow with: bitsmith runs list --status running")

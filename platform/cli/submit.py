@@ -17,14 +17,21 @@ from .common import emit_json, executor_option, info, json_option, no_cache_opti
 @click.argument("spec_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="override a spec field by dotted path, e.g. --set method.damp_percent=0.05 (repeatable)")
-@click.option("--wait/--no-wait", default=False, help="run in this process's session and wait for the result")
+@click.option("--wait/--no-wait", default=False,
+              help="run in this process and wait for the result (default: queue it for the store's dispatcher, "
+                   "or with --executor local a detached local runner, and return at once)")
+@click.option("--priority", type=int, default=0, show_default=True,
+              help="queue order: higher runs first, equal priorities oldest first")
 @executor_option()
 @no_cache_option()
 @json_option
 @click.pass_context
-def submit(ctx: click.Context, spec_file: Path, overrides: tuple[str, ...], wait: bool, executor: str,
+def submit(ctx: click.Context, spec_file: Path, overrides: tuple[str, ...], wait: bool, priority: int, executor: str,
            no_cache: bool, as_json: bool) -> None:
-    """Validate SPEC_FILE, record a run and execute it (or reuse a cached identical run)."""
+    """Validate SPEC_FILE, record a run and execute it (or reuse a cached identical run).
+
+    Without --wait (and on the Ray executor) the run only joins the store's queue; the store's dispatcher
+    (started now if none serves) runs it when the cluster has the resources it asks for."""
     from ..provenance import code_version
     from ..specs import load_spec
     from ..scheduler.submit import record_submission
@@ -34,7 +41,9 @@ def submit(ctx: click.Context, spec_file: Path, overrides: tuple[str, ...], wait
     settings = settings_from(ctx)
     db = open_db(ctx)
     spec = import_task_files(db, settings, spec)  # local task files become artifacts (cache key, lineage)
-    sub = record_submission(db, spec, code=code_version(), executor=executor, no_cache=no_cache)
+    queued = not wait and executor == "ray"
+    sub = record_submission(db, spec, code=code_version(), executor=executor, no_cache=no_cache, priority=priority,
+                            to_queue=queued)
     run = sub.run
     if run.joins:
         info(f"run {run.id} joins identical in-flight run {run.joins}: it waits for it and becomes its cache hit "
@@ -46,9 +55,15 @@ def submit(ctx: click.Context, spec_file: Path, overrides: tuple[str, ...], wait
         status = execute_and_wait([run.id], settings, executor)[run.id]
         if not as_json:
             info(f"run {run.id} {status}")
+    elif queued:
+        from ..scheduler.daemon import ensure_dispatcher, log_path
+
+        pid = ensure_dispatcher(settings, db)
+        started = f"; started the dispatcher (pid {pid}, log {log_path(settings)})" if pid else ""
+        info(f"queued run {run.id} ({run.kind}, priority {priority}){started}; see: bitsmith queue")
     else:
         spawn_runner([run.id], settings, executor)
-        info(f"submitted run {run.id} ({run.kind}) to the {executor} executor")
+        info(f"submitted run {run.id} ({run.kind}) to a detached {executor} runner")
     result = run_summary(db, run.id)
     if as_json:
         emit_json(result)

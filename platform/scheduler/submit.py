@@ -52,8 +52,12 @@ def check_input_kind(spec: JobSpecBase, role: str, field: str, record: Any) -> N
 
 
 def record_submission(db: Any, spec: JobSpecBase, *, code: dict[str, Any], executor: str, no_cache: bool = False,
-                      sweep_id: str | None = None, pinned: Mapping[str, str] | None = None) -> Submission:
+                      sweep_id: str | None = None, pinned: Mapping[str, str] | None = None, priority: int = 0,
+                      to_queue: bool = False) -> Submission:
     """Write the run row (queued), or a succeeded cache-hit row pointing at the original run.
+
+    With `to_queue` the run waits in the store's queue (by `priority`, then age) for the store's dispatcher
+    (`scheduler.dispatcher`) instead of being dispatched by this process.
 
     `code` is the provenance of the submitting tree (`provenance.code_version()`); the kind's code
     fingerprint is added to it and, alone of it, goes into the cache key.
@@ -74,7 +78,9 @@ def record_submission(db: Any, spec: JobSpecBase, *, code: dict[str, Any], execu
         if original is not None:  # one transaction: the run with the original's outputs and final metrics
             return Submission(run=store.record_cache_hit(db, original.id, **common), cache_hit=True)
     # An identical run in flight is joined (its executor waits and becomes its cache hit) unless --no-cache.
-    return Submission(run=store.create_run(db, status=QUEUED, join_inflight=not no_cache, **common), cache_hit=False)
+    run = store.create_run(db, status=QUEUED, join_inflight=not no_cache, priority=priority, to_queue=to_queue,
+                           **common)
+    return Submission(run=run, cache_hit=False)
 
 
 def _json(spec: JobSpecBase) -> dict[str, Any]:

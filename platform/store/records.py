@@ -56,6 +56,7 @@ class RunRecord:
     heartbeat_at: datetime | None = None
     lease_expires_at: datetime | None = None
     joins: str | None = None          # the in-flight identical run it waits for (then becomes its cache hit)
+    priority: int = 0                 # queue order: higher first, then oldest first
 
 
 @dataclass(frozen=True)
@@ -108,3 +109,16 @@ class SweepRecord:
     created_at: datetime
     run_ids: tuple[str, ...] = field(default_factory=tuple)
     resolved_inputs: dict[str, str] | None = None  # input ref -> digest, pinned at creation
+
+
+@dataclass(frozen=True)
+class DispatcherRecord:
+    """The store's dispatcher: who holds its lease, until when (database clock), and its last snapshot."""
+
+    owner: str                        # host:pid
+    ray_address: str | None
+    started_at: datetime
+    heartbeat_at: datetime
+    lease_expires_at: datetime
+    alive: bool                       # its lease has not run out and (on this host) its process exists
+    state: dict[str, Any]             # {"total": {...}, "used": {...}, "free": {...}, "in_flight": n, ...}

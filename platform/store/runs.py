@@ -45,7 +45,7 @@ def run_from_row(row: Row | Mapping[str, Any]) -> RunRecord:
         sweep_id=m["sweep_id"], cancel_requested=bool(m["cancel_requested"]), error=m["error"],
         traceback=m["traceback"], log_path=m["log_path"], created_at=m["created_at"], started_at=m["started_at"],
         finished_at=m["finished_at"], lease_owner=m.get("lease_owner"), heartbeat_at=m.get("heartbeat_at"),
-        lease_expires_at=m.get("lease_expires_at"), joins=m.get("joins"),
+        lease_expires_at=m.get("lease_expires_at"), joins=m.get("joins"), priority=m.get("priority") or 0,
     )
 
 
@@ -59,7 +59,8 @@ def create_run(db: Database, *, kind: str, name: str | None, spec: dict[str, Any
                seed: int, code_version: dict[str, Any], tags: Iterable[str] = (), executor: str | None = None,
                max_retries: int = 0, inputs: Mapping[str, str] | None = None, sweep_id: str | None = None,
                cache_hit_of: str | None = None, status: str = QUEUED, run_id: str | None = None,
-               message: str | None = None, join_inflight: bool = False) -> RunRecord:
+               message: str | None = None, join_inflight: bool = False, priority: int = 0,
+               to_queue: bool = False) -> RunRecord:
     """Insert a run, its input edges (role -> digest) and its first run event in one transaction.
 
     With `join_inflight`, a queued run whose cache key an in-flight (queued or running) run already has joins
@@ -67,13 +68,15 @@ def create_run(db: Database, *, kind: str, name: str | None, spec: dict[str, Any
 
     A queued run gets this process as its dispatcher, with a lease (`BITSMITH_LEASE_S`) on the database's
     clock: whoever runs it takes that over (`store.hold_dispatch`); if nobody does, it becomes an orphan that
-    `bitsmith runs recover` adopts.
+    `bitsmith runs recover` adopts. With `to_queue`, a queued run gets no dispatcher lease: it waits in the
+    store's queue (ordered by `priority`, then age) for the store's dispatcher (`scheduler.dispatcher`).
     """
     values, edges, event = _new_run_rows(
         kind=kind, name=name, spec=spec, spec_hash=spec_hash, cache_key=cache_key, seed=seed,
         code_version=code_version, tags=tags, executor=executor, max_retries=max_retries, inputs=inputs,
         sweep_id=sweep_id, cache_hit_of=cache_hit_of, status=status, run_id=run_id, message=message)
-    if status == QUEUED:
+    values["priority"] = priority
+    if status == QUEUED and not to_queue:
         values.update(lease_values(lease_owner(), default_lease_s()))
 
     def body(conn: Connection) -> RunRecord:
