@@ -16,6 +16,7 @@ from ..errors import UsageError
 
 COOKIE = "bitsmith_ui_token"
 WRITE_HEADER = "x-bitsmith-write-token"
+PUBLIC_ASSETS = frozenset({"/static/app.css", "/static/icon.svg"})  # what the login page itself needs
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
@@ -103,17 +104,28 @@ async def _decide(access: Access, request: Request, call_next: Callable[[Request
     if access.token:
         if path == "/login" and request.method == "POST":
             return await _login(access, request)
-        if path == "/login" or path == "/static/app.css":
+        if path == "/login" or path in PUBLIC_ASSETS:
             return login_page("", 200) if path == "/login" else await call_next(request)
         if not (_same(_bearer(request), access.token) or _same(request.cookies.get(COOKIE), access.token)):
             return _error(401, "missing or wrong access token; expected 'Authorization: Bearer TOKEN' or a login",
                           api)
     if request.method not in SAFE_METHODS:
+        if not _same_origin(request):
+            return _error(403, "cross-site write refused; expected a request from this server's own pages", api)
         if not access.writable:
             return _error(403, "this server is read-only; expected it started with BITSMITH_UI_WRITE_TOKEN", api)
         if not _same(request.headers.get(WRITE_HEADER), access.write_token or ""):
             return _error(403, f"missing or wrong write token; expected it in the {WRITE_HEADER} header", api)
     return await call_next(request)
+
+
+def _same_origin(request: Request) -> bool:
+    """CSRF guard besides the write-token header: a browser's Origin (when sent) must be this server's address."""
+    origin = request.headers.get("origin")
+    if origin is None:  # not a browser's cross-site request (non-browser clients still need the write token)
+        return True
+    host = request.headers.get("host", "")
+    return origin in (f"http://{host}", f"https://{host}")
 
 
 async def _login(access: Access, request: Request) -> Response:

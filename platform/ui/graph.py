@@ -108,7 +108,7 @@ def to_svg(view: dict[str, Any]) -> str:
         out.append(f'<rect x="{n["x"]}" y="{n["y"]}" width="{NODE_W}" height="{NODE_H}" rx="{rx}" fill="{fill}" '
                    f'stroke="{"#d33" if n["root"] else "#777"}"/>')
         text = n["label"] if len(n["label"]) <= 42 else n["label"][:41] + "…"
-        out.append(f'<text x="{n["x"] + 8}" y="{n["y"] + 23}">{escape(text)}</text>')
+        out.append(f'<text x="{n["x"] + 8}" y="{n["y"] + 23}"><title>{escape(n["label"])}</title>{escape(text)}</text>')
     out.append("</svg>")
     return "\n".join(out)
 

@@ -34,6 +34,7 @@ class UIStore:
     result_digest: str        # its output
     consumer_run: str         # a noop run that read result_digest
     sweep_id: str
+    dataset_digest: str = ""  # a directory artifact (the arithmetic task)
     sweep_runs: list[str] = field(default_factory=list)
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
@@ -83,6 +84,9 @@ def ui_store(tmp_path_factory) -> UIStore:
     swept = json.loads(_ok(s.cli("sweep", "run", str(specs / "sweep.yaml"), "--executor", "local", "--json")))
     s.sweep_runs = [r["run_id"] for r in swept["rows"]]
     s.sweep_id = _sweep_of(s, s.sweep_runs[0])
+    data = json.loads(_ok(s.cli("data", "arithmetic", "--n-train", "20", "--n-calibration", "2", "--n-test", "5",
+                                "--max-operand", "9", "--json")))
+    s.dataset_digest = data["digest"]
     return s
 
 
