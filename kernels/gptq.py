@@ -70,7 +70,7 @@ def gptq_quantize(weight: Tensor, hessian: Tensor, bits: int = 4, group_size: in
                   symmetric: bool = False, mse_clip: bool = False, damp_percent: float = 0.01,
                   block_size: int = 128, act_order: bool = False, static_groups: bool = False,
                   scale_dtype: torch.dtype = SCALE_DTYPE, max_damp_tries: int = 4,
-                  backend: str = "auto") -> GPTQResult:
+                  backend: str = "auto", exact_min: bool = False) -> GPTQResult:
     """Quantize `weight` [out, in] with GPTQ given its input Hessian [in, in] (`accumulate_hessian`).
 
     group_size None/-1 is per-channel. With `act_order`, columns are processed in order of decreasing
@@ -84,6 +84,7 @@ def gptq_quantize(weight: Tensor, hessian: Tensor, bits: int = 4, group_size: in
     `backend` picks where the column loop runs: "auto" uses the fused Triton kernel (`triton_gptq`, one
     launch per lazy batch instead of a dozen per column) on CUDA when triton imports and the layer is
     supported, else torch; "torch" and "triton" force one (see `_fused_kernels`). Both give the same codes.
+    `exact_min` rounds scales for GGUF's Q4_1 (`quantizers.round_scale_for_exact_min`); the loop then runs in torch.
     """
     if weight.ndim != 2 or hessian.shape != (weight.shape[1], weight.shape[1]):
         raise ValueError(f"weight [out, in] and hessian [in, in] expected; got {tuple(weight.shape)} "
@@ -105,7 +106,7 @@ def gptq_quantize(weight: Tensor, hessian: Tensor, bits: int = 4, group_size: in
         W[:, dead] = 0.0
 
     def params(x: Tensor) -> tuple[Tensor, Tensor]:
-        return affine_params(x, bits, symmetric, mse_clip=mse_clip, scale_dtype=scale_dtype)
+        return affine_params(x, bits, symmetric, mse_clip=mse_clip, scale_dtype=scale_dtype, exact_min=exact_min)
 
     # Static groups (and per-channel, one group per row) take their parameters from the weight as it
     # is before any error feedback, in the original column order.
@@ -132,7 +133,7 @@ def gptq_quantize(weight: Tensor, hessian: Tensor, bits: int = 4, group_size: in
     if hinv is None:
         warnings.append("GPTQ fell back to round-to-nearest (RTN) for this layer")
         return GPTQResult(quantize_rtn(weight, bits=bits, group_size=group_size, symmetric=symmetric,
-                                       mse_clip=mse_clip, scale_dtype=scale_dtype),
+                                       mse_clip=mse_clip, scale_dtype=scale_dtype, exact_min=exact_min),
                           method_used="rtn", damp_percent_used=None, warnings=warnings, column_loop="")
 
     # Row-major for both loops: the factor may come back column-major, and the lazy updates' matmuls must
@@ -145,7 +146,8 @@ def gptq_quantize(weight: Tensor, hessian: Tensor, bits: int = 4, group_size: in
     zeros = torch.zeros(rows, n_groups, device=W.device)
     for k, (s, z) in enumerate(static_params):
         scales[:, k], zeros[:, k] = s, z
-    fused = _fused_kernels(backend, W, g, block_size, not use_static, mse_clip, scale_dtype)
+    fused = None if exact_min else _fused_kernels(backend, W, g, block_size, not use_static, mse_clip,
+                                                  scale_dtype)
     if fused is None:
         _column_loop_torch(W, hinv, codes, scales, zeros, static_group_of.tolist() if use_static else None,
                            params, g, block_size, bits)

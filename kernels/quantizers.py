@@ -9,6 +9,9 @@ Conventions, shared by every kernel in this package:
   the same grid as signed codes in [-2**(bits-1), 2**(bits-1) - 1] with a zero point of 0.
 - Scales are rounded to `scale_dtype` (fp16 by default) *before* codes are computed, so the codes are
   optimal for the scale actually stored.
+- `exact_min` (asymmetric, for GGUF's Q4_1 `x = d*q + m`, which stores m in fp16): scales are rounded up to
+  11 - bits significant bits, so that m = -scale * zero is itself an fp16 value and the GGUF block holds
+  exactly the same grid.
 """
 from __future__ import annotations
 
@@ -65,7 +68,7 @@ def check_group_size(in_features: int, group_size: int | None) -> int:
 
 def affine_params(x: Tensor, bits: int, symmetric: bool, mse_clip: bool = False,
                   scale_dtype: torch.dtype = SCALE_DTYPE, clip_grid: int = 100, clip_max_shrink: float = 0.8,
-                  clip_norm: float = 2.4) -> tuple[Tensor, Tensor]:
+                  clip_norm: float = 2.4, exact_min: bool = False) -> tuple[Tensor, Tensor]:
     """Scale and zero point of every row of `x` [rows, cols] -> (scale [rows] fp32, zero [rows] fp32).
 
     The range always includes 0 (as in GPTQ's reference `Quantizer.find_params`). With `mse_clip`, the
@@ -83,13 +86,13 @@ def affine_params(x: Tensor, bits: int, symmetric: bool, mse_clip: bool = False,
     empty = (xmin == 0) & (xmax == 0)
     xmin = torch.where(empty, torch.full_like(xmin, -1.0), xmin)
     xmax = torch.where(empty, torch.full_like(xmax, 1.0), xmax)
-    scale, zero = _range_to_params(xmin, xmax, bits, symmetric, scale_dtype)
+    scale, zero = _range_to_params(xmin, xmax, bits, symmetric, scale_dtype, exact_min)
     if not mse_clip:
         return scale, zero
     best_err = torch.full_like(xmin, float("inf"))
     for i in range(int(clip_max_shrink * clip_grid)):
         p = 1 - i / clip_grid
-        s, z = _range_to_params(p * xmin, p * xmax, bits, symmetric, scale_dtype)
+        s, z = _range_to_params(p * xmin, p * xmax, bits, symmetric, scale_dtype, exact_min)
         q = quantize_to_codes(x, s[:, None], z[:, None], bits)
         err = (dequantize_affine(q, s[:, None], z[:, None]) - x).abs().pow(clip_norm).sum(dim=1)
         better = err < best_err
@@ -100,15 +103,26 @@ def affine_params(x: Tensor, bits: int, symmetric: bool, mse_clip: bool = False,
 
 
 def _range_to_params(xmin: Tensor, xmax: Tensor, bits: int, symmetric: bool,
-                     scale_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+                     scale_dtype: torch.dtype, exact_min: bool = False) -> tuple[Tensor, Tensor]:
     maxq = 2 ** bits - 1
     finite_max = torch.finfo(scale_dtype).max
     scale = ((xmax - xmin) / maxq).clamp(max=finite_max).to(scale_dtype).float().clamp(min=_MIN_SCALE)
+    if exact_min and not symmetric:
+        scale = round_scale_for_exact_min(scale, bits)
     if symmetric:
         zero = torch.full_like(scale, float(2 ** (bits - 1)))
     else:
         zero = torch.round(-xmin / scale).clamp(0, maxq)
     return scale, zero
+
+
+def round_scale_for_exact_min(scale: Tensor, bits: int) -> Tensor:
+    """Round fp16-representable scales up to (11 - bits) significant bits (never below fp16's subnormal step
+    times 2**bits): then scale * zero, zero < 2**bits, has at most 11 significant bits and is an fp16 value."""
+    _, exponent = torch.frexp(scale)  # scale = mantissa * 2**exponent, mantissa in [0.5, 1)
+    top = (exponent - 1).clamp(min=-14)  # fp16's smallest normal exponent: below it the spacing is fixed
+    step = torch.ldexp(torch.ones_like(scale), top - 10 + bits)
+    return torch.ceil(scale / step) * step
 
 
 def quantize_to_codes(x: Tensor, scale: Tensor, zero: Tensor, bits: int) -> Tensor:
@@ -129,7 +143,8 @@ def dequantize_codes(codes: Tensor, scales: Tensor, zeros: Tensor, column_groups
 
 
 def quantize_rtn(weight: Tensor, bits: int = 4, group_size: int | None = 128, symmetric: bool = False,
-                 mse_clip: bool = False, scale_dtype: torch.dtype = SCALE_DTYPE) -> QuantizedWeight:
+                 mse_clip: bool = False, scale_dtype: torch.dtype = SCALE_DTYPE,
+                 exact_min: bool = False) -> QuantizedWeight:
     """Round-to-nearest quantization of `weight` [out, in], per group of `group_size` input columns
     (None or -1: one group per output channel)."""
     if weight.ndim != 2:
@@ -138,7 +153,8 @@ def quantize_rtn(weight: Tensor, bits: int = 4, group_size: int | None = 128, sy
     g = check_group_size(cols, group_size)
     n_groups = cols // g
     grouped = weight.float().reshape(rows * n_groups, g)
-    scale, zero = affine_params(grouped, bits, symmetric, mse_clip=mse_clip, scale_dtype=scale_dtype)
+    scale, zero = affine_params(grouped, bits, symmetric, mse_clip=mse_clip, scale_dtype=scale_dtype,
+                                exact_min=exact_min)
     codes = quantize_to_codes(grouped, scale[:, None], zero[:, None], bits)
     return QuantizedWeight(
         codes=codes.reshape(rows, cols).to(torch.int32),

@@ -15,20 +15,19 @@ No pickle anywhere: safetensors and JSON only.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from bitsmith.workers.tensorfiles import save_tensors
 from torch import nn
 
 from bitsmith.kernels.qlinear import QuantizedLinear
 from bitsmith.platform.digests import write_artifact_meta
-from bitsmith.platform.errors import DataError, SpecError
+from bitsmith.platform.errors import DataError
 
 QUANT_METHOD = "bitsmith"
 FORMAT = "bitsmith-packed"
@@ -198,59 +197,42 @@ def dequantize_model(model: nn.Module, dtype: torch.dtype = torch.float32) -> nn
     return model
 
 
-# -- export: compressed-tensors pack-quantized ---------------------------------------------------
-def export_compressed_tensors(path: str | Path, out_dir: str | Path) -> Path:
-    """Write a bitsmith-quantized directory in the compressed-tensors `pack-quantized` layout.
+def read_quantized_layers(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor],
+                                                  dict[str, QuantizedLinear]]:
+    """(quantization_config, every stored tensor that is not part of a quantized module, {name: layer}).
 
-    Per module: `weight_packed` (int32, signed codes + 2**(bits-1) packed along the input dim),
-    `weight_scale` [out, n_groups], `weight_zero_point` (asymmetric: signed zero points packed along
-    the output dim), `weight_shape` [out, in]. transformers loads a symmetric checkpoint as is; an
-    asymmetric one with `CompressedTensorsConfig(dequantize=True)`.
+    Tied parameters stay stored once (no aliases): a loader re-ties them from the config.
     """
-    path, out_dir = Path(path), Path(out_dir)
+    path = Path(path)
     qc = quantization_config(path)
-    state = _read_state(path, with_aliases=False)  # tied parameters are re-tied by the config on load
-    out: dict[str, torch.Tensor] = {}
-    schemes: dict[tuple[int, int | None, bool], list[str]] = {}
+    state = _read_state(path, with_aliases=False)
+    layers: dict[str, QuantizedLinear] = {}
     for name, entry in qc["modules"].items():
-        if entry["transposed"]:
-            raise SpecError(f"export: module {name} is a Conv1D (GPT-2 style); compressed-tensors quantizes "
-                            "nn.Linear only; expected a Llama/Qwen2/Mistral/OPT model")
-        if entry["act_order"]:
-            raise SpecError(f"export: module {name} uses act-order groups (g_idx); expected static_groups=true "
-                            "or act_order=false for a compressed-tensors export")
-        bits, n_in = entry["bits"], entry["in_features"]
         prefix = f"{name}."
         own = {k[len(prefix):]: state.pop(k) for k in list(state) if k.startswith(prefix)}
-        layer = QuantizedLinear(n_in, entry["out_features"], bits, entry["group_size"], entry["symmetric"],
-                                bias=entry["bias"])
+        layer = QuantizedLinear(entry["in_features"], entry["out_features"], entry["bits"], entry["group_size"],
+                                entry["symmetric"], has_g_idx=entry["act_order"], bias=entry["bias"],
+                                bias_dtype=own["bias"].dtype if "bias" in own else torch.float32)
         layer.load_state_dict(own, strict=True)
-        out[f"{name}.weight_packed"] = layer.qweight.clone()  # same bit stream as pack_to_int32(codes - 2**(b-1))
-        out[f"{name}.weight_scale"] = layer.scales.float()
-        out[f"{name}.weight_shape"] = torch.tensor([entry["out_features"], n_in], dtype=torch.int64)
-        if not entry["symmetric"]:  # the same bits as pack_to_int32(zero - 2**(b-1), packed_dim=0)
-            out[f"{name}.weight_zero_point"] = layer.qzeros.clone()
-        if layer.bias is not None:
-            out[f"{name}.bias"] = layer.bias
-        group = None if entry["group_size"] == n_in else entry["group_size"]
-        schemes.setdefault((bits, group, entry["symmetric"]), []).append(name)
-    out.update({k: v.contiguous() for k, v in state.items()})
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_file(out, str(out_dir / WEIGHTS_FILE), metadata={"format": "pt"})
-    config = _read_config(path)
-    config["quantization_config"] = {
-        "quant_method": "compressed-tensors", "format": "pack-quantized", "quantization_status": "compressed",
-        "config_groups": {
-            f"group_{i}": {
-                "targets": ["re:^" + re.escape(n) + "$" for n in names],
-                "weights": {"num_bits": bits, "type": "int", "symmetric": sym, "dynamic": False,
-                            "strategy": "channel" if group is None else "group", "group_size": group},
-                "input_activations": None, "output_activations": None, "format": "pack-quantized"}
-            for i, ((bits, group, sym), names) in enumerate(sorted(schemes.items(), key=lambda kv: str(kv[0])))},
-        "ignore": ["lm_head"], "kv_cache_scheme": None,
-    }
-    (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        layers[name] = layer
+    return qc, state, layers
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """The directory's config.json as a dict (empty if there is none)."""
+    return _read_config(Path(path))
+
+
+def copy_tokenizer_files(src: str | Path, dest: str | Path) -> None:
     for name in TOKENIZER_FILES:
-        if (path / name).is_file():
-            shutil.copyfile(path / name, out_dir / name)
-    return out_dir
+        if (Path(src) / name).is_file():
+            shutil.copyfile(Path(src) / name, Path(dest) / name)
+
+
+def export_compressed_tensors(path: str | Path, out_dir: str | Path) -> Path:
+    """Write a bitsmith-quantized directory in the compressed-tensors `pack-quantized` layout
+    (see `export_ct.write_compressed_tensors`)."""
+    from .export_ct import write_compressed_tensors
+
+    write_compressed_tensors(Path(path), Path(out_dir))
+    return Path(out_dir)

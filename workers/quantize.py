@@ -56,6 +56,8 @@ def run(spec: QuantizeSpec, ctx: RunContext) -> WorkerOutputs:
 
 def _check_export(spec: QuantizeSpec, plans: dict[str, LayerPlan]) -> None:
     """Refuse up front what the compressed-tensors export cannot represent (before any work)."""
+    if spec.layout == "gguf":
+        _check_gguf_layout(spec, plans)
     if spec.export != "compressed-tensors":
         return
     conv = [p.name for p in plans.values() if p.transposed]
@@ -66,6 +68,14 @@ def _check_export(spec: QuantizeSpec, plans: dict[str, LayerPlan]) -> None:
             and any(p.group_size < p.in_features for p in plans.values()):
         raise SpecError("export: compressed-tensors needs contiguous groups; expected method.static_groups=true "
                         "with method.act_order=true")
+
+
+def _check_gguf_layout(spec: QuantizeSpec, plans: dict[str, LayerPlan]) -> None:
+    """`layout: gguf` promises Q4_0/Q4_1/Q8_0 blocks: every layer's groups must be whole 32-column blocks."""
+    for plan in plans.values():
+        if plan.group_size % 32:
+            raise SpecError(f"layout: gguf: module {plan.name} has groups of {plan.group_size} columns; expected "
+                            "a group size that is a multiple of 32 (GGUF blocks hold 32 weights)")
 
 
 def read_calibration(spec: QuantizeSpec, ctx: RunContext, tokenizer: Any) -> list[Tensor]:
@@ -97,7 +107,7 @@ def quantize_blocks(spec: QuantizeSpec, ctx: RunContext, model: nn.Module, layou
                 t0 = time.perf_counter()
                 weight = dense_weight(module).detach().float().clone()
                 qw, warnings = quantize_fn(weight, hessians.get(name), spec.method, plan.bits, plan.group_size,
-                                           spec.symmetric, spec.mse_clip)
+                                           spec.symmetric, spec.mse_clip, exact_min=spec.layout == "gguf")
                 w_hat = qw.dequantize()
                 dense = w_hat.T if plan.transposed else w_hat
                 module.weight.data.copy_(dense.to(module.weight.dtype))  # later blocks see the quantized layer

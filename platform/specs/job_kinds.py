@@ -12,6 +12,7 @@ from fnmatch import fnmatchcase
 
 from .common import JobSpecBase
 from .eval import EvalSpec
+from .export import ExportSpec
 from .noop import NoopSpec
 from .quantize import QuantizeSpec
 from .rl import RLSpec
@@ -76,4 +77,5 @@ JOB_KIND_TABLE: dict[str, JobKind] = {entry.kind: entry for entry in (
     JobKind(TrainSpec, "bitsmith.workers.train", (
         Output("model", "model"), Output("curve", "plot"), REPORT, CHECKPOINTS)),
     JobKind(NoopSpec, "bitsmith.workers.noop", (Output("result", "result"),)),
+    JobKind(ExportSpec, "bitsmith.workers.export", (Output("export", "export"),)),
 )}
