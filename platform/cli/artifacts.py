@@ -50,17 +50,23 @@ def list_artifacts(ctx: click.Context, kind: str | None, name: str | None, limit
 @click.option("--kind", default=None)
 @click.option("--where", "where", multiple=True, metavar="EXPR",
               help="e.g. 'meta.bits<=3', 'meta.method==gptq', 'size_bytes>1000000' (repeatable, all must hold)")
+@click.option("--limit", default=50, show_default=True, type=int, help="rows per page (1 to 500)")
+@click.option("--cursor", default=None, help="the next cursor a previous page printed")
 @json_option
 @click.pass_context
-def find_artifacts(ctx: click.Context, kind: str | None, where: tuple[str, ...], as_json: bool) -> None:
-    """Artifacts whose kind and metadata match every --where expression (evaluated in SQL)."""
-    from .. import store
+def find_artifacts(ctx: click.Context, kind: str | None, where: tuple[str, ...], limit: int, cursor: str | None,
+                   as_json: bool) -> None:
+    """Artifacts whose kind and metadata match every --where expression (evaluated in SQL), newest first,
+    one page at a time; the next page's cursor is printed on stderr (`next_cursor: ...`)."""
+    from ..store import queries
 
-    records = store.find_artifacts(open_db(ctx), kind=kind, where=list(where))
+    page = queries.find_artifacts(open_db(ctx), kind=kind, where=list(where), limit=limit, cursor=cursor)
     if as_json:
-        emit_json(records)
+        emit_json(page.rows)
     else:
-        _table(records)
+        _table(page.rows)
+    if page.next_cursor:
+        info(f"next_cursor: {page.next_cursor}")
 
 
 @artifacts.command("show")

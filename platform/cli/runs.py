@@ -31,34 +31,54 @@ def runs() -> None:
 @click.option("--status", default=None, type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"]))
 @click.option("--tag", default=None)
 @click.option("--sweep", "sweep_id", default=None)
-@click.option("--limit", default=30, show_default=True, type=click.IntRange(1, 100000))
+@click.option("--name", "name_contains", default=None, help="only runs whose name contains this (any case)")
+@click.option("--metric", "metric_filters", multiple=True, metavar="EXPR",
+              help="a final metric filter, e.g. 'test/token_ppl<50' (repeatable, all must hold)")
+@click.option("--sort", default="created_at", show_default=True, metavar="COLUMN|metric:KEY",
+              help="created_at, started_at, finished_at, name, kind, status, or metric:KEY (a final metric; "
+                   "runs without it are left out)")
+@click.option("--order", type=click.Choice(["desc", "asc"]), default="desc", show_default=True)
+@click.option("--limit", default=50, show_default=True, type=int, help="rows per page (1 to 500)")
+@click.option("--cursor", default=None, help="the next cursor a previous page printed")
 @json_option
 @click.pass_context
 def list_runs(ctx: click.Context, kind: str | None, status: str | None, tag: str | None, sweep_id: str | None,
-              limit: int, as_json: bool) -> None:
-    """Newest runs first, with each kind's headline metric."""
+              name_contains: str | None, metric_filters: tuple[str, ...], sort: str, order: str, limit: int,
+              cursor: str | None, as_json: bool) -> None:
+    """Newest runs first (or by --sort), one page at a time, with each kind's headline metric.
+
+    The next page's cursor is printed on stderr (`next_cursor: ...`); pass it back with --cursor.
+    """
     from .. import store
+    from ..store import queries
 
     db = open_db(ctx)
-    records = store.list_runs(db, kind=kind, status=status, tag=tag, sweep_id=sweep_id, limit=limit)
+    page = queries.list_runs(db, kind=kind, status=status, tag=tag, sweep_id=sweep_id, name_contains=name_contains,
+                             metric_filters=metric_filters, sort=sort, descending=order == "desc", limit=limit,
+                             cursor=cursor)
+    records = page.rows
     finals = store.final_metrics(db, [r.id for r in records]) if records else {}
     if as_json:
         emit_json([{**_run_brief(r), "metrics": finals.get(r.id, {})} for r in records])
-        return
-    rows = []
-    for r in records:
-        m = finals.get(r.id, {})
-        headline = next((f"{k}={fmt_value(m[k])}" for k in HEADLINE_METRICS.get(r.kind, ()) if k in m), "")
-        note = f"cache hit of {short(r.cache_hit_of, 10)}" if r.cache_hit_of else (
-            f"attempt {r.attempt}" if r.attempt > 1 else "")
-        rows.append([short(r.id, 12), r.kind, literal(r.name or ""), status_text(r.status), literal(headline),
-                     fmt_time(r.created_at), fmt_duration(r), note])
-    # In a narrow terminal the least useful columns go first, so that names stay readable.
-    stdout_console().print(fitted_table(["id", "kind", "name", "status", "headline", "created", "took", "note"],
-                                        rows, elastic="name", drop=("created", "note", "took"),
-                                        shrink=("headline", "kind")))
-    if not records:
-        info("no runs yet; try: bitsmith submit examples/noop.yaml --wait")
+    else:
+        sort_key = sort[len("metric:"):] if sort.startswith("metric:") else None
+        rows = []
+        for r in records:
+            m = finals.get(r.id, {})
+            keys = (sort_key,) if sort_key else HEADLINE_METRICS.get(r.kind, ())
+            headline = next((f"{k}={fmt_value(m[k])}" for k in keys if k in m), "")
+            note = f"cache hit of {short(r.cache_hit_of, 10)}" if r.cache_hit_of else (
+                f"attempt {r.attempt}" if r.attempt > 1 else "")
+            rows.append([short(r.id, 12), r.kind, literal(r.name or ""), status_text(r.status), literal(headline),
+                         fmt_time(r.created_at), fmt_duration(r), note])
+        # In a narrow terminal the least useful columns go first, so that names stay readable.
+        stdout_console().print(fitted_table(["id", "kind", "name", "status", "headline", "created", "took", "note"],
+                                            rows, elastic="name", drop=("created", "note", "took"),
+                                            shrink=("headline", "kind")))
+        if not records and cursor is None:
+            info("no runs yet; try: bitsmith submit examples/noop.yaml --wait")
+    if page.next_cursor:
+        info(f"next_cursor: {page.next_cursor}")
 
 
 def _run_brief(r: object) -> dict:

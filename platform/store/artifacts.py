@@ -13,11 +13,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import Connection, ColumnElement, Row, and_, case, func, insert, or_, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ..errors import NotFoundError, UsageError
-from .engine import Database, read, write
+from .engine import Database, dialect_insert, read, write
 from .records import ArtifactRecord, RunArtifactEdge, RunRecord
 from .records import SUCCEEDED
 from .runs import resolve_run_id, run_from_row
@@ -63,9 +61,7 @@ def register_artifact(db: Database, *, digest: str, kind: str, name: str | None,
     values = {"digest": digest, "kind": kind, "name": name, "uri": uri, "size_bytes": int(size_bytes),
               "is_dir": bool(is_dir), "metadata": metadata or {}, "producer_run_id": producer_run_id,
               "created_at": utcnow(), "digest_version": digest_version}
-    dialect_insert = sqlite_insert if db.is_sqlite else pg_insert
-
-    statement = dialect_insert(artifacts_t).on_conflict_do_nothing(index_elements=["digest"])
+    statement = dialect_insert(db.dialect)(artifacts_t).on_conflict_do_nothing(index_elements=["digest"])
 
     def body(conn: Connection) -> ArtifactRecord:
         inserted = conn.execute(statement, values).rowcount == 1

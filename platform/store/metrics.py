@@ -11,11 +11,9 @@ import math
 from collections.abc import Iterable, Sequence
 
 from sqlalchemy import Connection, and_, delete, func, insert, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ..errors import NotFoundError
-from .engine import Database, write
+from .engine import Database, dialect_insert, write
 from .records import MetricRecord
 from .schema import metric_finals_t, metrics_t, runs_t, utcnow
 
@@ -75,7 +73,7 @@ def update_finals(conn: Connection, run_id: str, attempt: int, rows: list[dict])
         return
     values = [{"run_id": run_id, "key": key, "attempt": attempt, "step": row["step"],
                "value": None if math.isnan(row["value"]) else row["value"]} for key, row in best.items()]
-    upsert = (sqlite_insert if conn.dialect.name == "sqlite" else pg_insert)(f)
+    upsert = dialect_insert(conn.dialect.name)(f)
     conn.execute(upsert.on_conflict_do_update(index_elements=["run_id", "key"], set_={
         "attempt": upsert.excluded.attempt, "step": upsert.excluded.step, "value": upsert.excluded.value}), values)
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import multiprocessing
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ from sqlalchemy import inspect
 from bitsmith.platform.errors import StoreError
 from bitsmith.platform.store import (create_run, current_revision, dispose_engines, downgrade_database, get_run,
                                      head_revision, open_database, upgrade_database)
-from bitsmith.platform.store.engine import VERSION_TABLE, _alembic_config, engine_for
+from bitsmith.platform.store.engine import SCHEMA_HEAD, VERSION_TABLE, _alembic_config, engine_for, stored_revision
 from bitsmith.platform.store.schema import Base
 
 TABLES = {"runs", "artifacts", "run_inputs", "run_outputs", "metrics", "sweeps", "run_events", "artifact_names",
@@ -119,3 +121,39 @@ def test_embedded_database_from_a_newer_bitsmith_is_refused(sqlite_url):
     dispose_engines(sqlite_url)
     with pytest.raises(StoreError, match="revision f00d, which this bitsmith does not know"):
         open_database(sqlite_url)
+
+
+def test_schema_head_constant_is_alembics_head():
+    """The fast open path trusts SCHEMA_HEAD; a new migration without updating it fails here."""
+    assert ScriptDirectory.from_config(_alembic_config()).get_heads() == [SCHEMA_HEAD]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_stored_revision_reads_what_alembic_reads(request, tmp_path, backend):
+    url = _fresh_url(request, tmp_path, backend)
+    with engine_for(url).connect() as conn:
+        assert stored_revision(conn) is None  # no version table yet
+    upgrade_database(url, "0006")
+    with engine_for(url).connect() as conn:
+        assert stored_revision(conn) == current_revision(url) == "0006"
+    upgrade_database(url)
+    with engine_for(url).connect() as conn:
+        assert stored_revision(conn) == current_revision(url) == SCHEMA_HEAD
+    dispose_engines(url)
+
+
+def test_opening_a_database_at_head_does_not_import_alembic(sqlite_url):
+    open_database(sqlite_url)  # created and migrated here (this process has Alembic loaded anyway)
+    dispose_engines(sqlite_url)
+    code = ("import sys; from bitsmith.platform.store import open_database, list_runs; "
+            f"db = open_database({sqlite_url!r}); list_runs(db); print(sorted(m for m in sys.modules "
+            "if m.split('.')[0] == 'alembic'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_embedded_database_behind_head_is_upgraded_on_open(sqlite_url):
+    upgrade_database(sqlite_url, "0006")
+    dispose_engines(sqlite_url)
+    open_database(sqlite_url)
+    assert current_revision(sqlite_url) == SCHEMA_HEAD
