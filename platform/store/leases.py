@@ -26,12 +26,22 @@ def owner_is_gone(owner: str | None) -> bool:
     if host != socket.gethostname():
         return False
     try:
-        os.kill(int(rest.split("@", 1)[0]), 0)
+        pid = int(rest.split("@", 1)[0])
+        os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except (PermissionError, ValueError):
         return False
-    return False
+    return _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    """A process that exited but was not reaped yet (e.g. killed, its parent gone) is gone too."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return False
 
 
 def lease_values(owner: str, lease_s: float) -> dict[str, Any]:

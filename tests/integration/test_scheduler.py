@@ -1,0 +1,237 @@
+"""The store's dispatcher through the real CLI and real Ray: one Ray instance for many detached submissions,
+admission by resources with the reason shown, priorities, cancel of queued runs, SIGKILL and restart (every run
+ends exactly once), one dispatcher per store; SQLite and PostgreSQL."""
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+import pytest
+
+from bitsmith.platform import store
+from bitsmith.platform.store.records import TERMINAL_STATUSES
+
+pytestmark = pytest.mark.ray
+LEASE_ENV = {"BITSMITH_LEASE_S": "2"}
+# The dispatcher with its embedded Ray (GCS, raylet, agents, its workers) while 50 runs wait and run: measured a
+# peak of 1.4 GiB summed RSS (shared pages counted once per process) on 2 cores; six detached runners, each with
+# its own Ray, took ~4 GB for six jobs before the queue.
+MEMORY_BOUND_BYTES = 2 * 2**30
+
+
+def wait_for(predicate, what: str, timeout_s: float = 120.0, every_s: float = 0.3):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def dispatcher_pid(home: Path) -> int | None:
+    try:
+        return int((home / "scheduler" / "dispatcher.pid").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def kill_tree(pid: int | None) -> None:
+    """SIGKILL a dispatcher and everything it started (its embedded Ray)."""
+    if pid is None:
+        return
+    try:
+        root = psutil.Process(pid)
+        procs = [*root.children(recursive=True), root]
+    except psutil.NoSuchProcess:
+        return
+    for proc in procs:
+        try:
+            proc.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=10)
+
+
+def _home_of(proc: psutil.Process) -> str | None:
+    try:
+        return proc.environ().get("BITSMITH_HOME")
+    except (psutil.Error, OSError):
+        return None
+
+
+def tree(pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+@pytest.fixture
+def qcli(make_cli, tmp_path):
+    cli = make_cli(tmp_path / "home", LEASE_ENV)
+    started: list[int] = []
+    cli.started = started
+    yield cli
+    for pid in {*started, dispatcher_pid(cli.home)}:
+        kill_tree(pid)
+
+
+def open_db(cli):
+    return store.open_database(cli.env.get("BITSMITH_DB_URL") or f"sqlite:///{cli.home / 'bitsmith.db'}")
+
+
+def submit(cli, spec: Path, *extra: str) -> str:
+    return cli("submit", spec, *extra).out.split()[-1]
+
+
+def all_ended(db, run_ids):
+    runs = [store.get_run(db, r) for r in run_ids]
+    return runs if all(r.status in TERMINAL_STATUSES for r in runs) else None
+
+
+def terminal_events(db, run_id: str) -> list[str]:
+    return [e.to_status for e in store.run_events(db, run_id) if e.to_status in TERMINAL_STATUSES]
+
+
+@pytest.mark.slow  # ~2 min on 2 busy cores: 50 CLI processes
+def test_fifty_detached_submissions_share_one_ray_instance_within_a_memory_bound(qcli) -> None:
+    spec = qcli.write_spec("n.yaml", "kind: noop\nname: many\n")
+    samples: list[tuple[int, int, int]] = []  # (gcs_server count, runner count, RSS bytes) of the dispatcher tree
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            pid = dispatcher_pid(qcli.home)
+            procs = tree(pid) if pid else []
+            rss, gcs = 0, 0
+            for proc in procs:
+                try:
+                    rss += proc.memory_info().rss
+                    gcs += proc.name() == "gcs_server"
+                except psutil.NoSuchProcess:
+                    pass
+            runners = sum(1 for p in psutil.process_iter(["cmdline"])
+                          if "bitsmith.platform.scheduler.runner" in " ".join(p.info["cmdline"] or [])
+                          and _home_of(p) == str(qcli.home))
+            if procs:
+                samples.append((gcs, runners, rss))
+            done.wait(0.5)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    with ThreadPoolExecutor(3) as pool:
+        run_ids = list(pool.map(lambda i: submit(qcli, spec, "--set", f"payload=p{i}"), range(50)))
+    db = open_db(qcli)
+    runs = wait_for(lambda: all_ended(db, run_ids), "all 50 runs to end", timeout_s=300)
+    done.set()
+    sampler.join()
+    assert [r.status for r in runs] == ["succeeded"] * 50
+    assert len({r.pid for r in runs}) <= 4  # a few long-lived Ray workers ran them all, not one process per run
+    status = qcli("scheduler", "status", "--json").json()
+    assert status["alive"] and status["owner"].endswith(f":{dispatcher_pid(qcli.home)}")
+    assert status["ended"] == 50 and status["in_flight"] == 0 and status["queued"] == 0
+    live = [s for s in samples if s[0]]
+    assert live and {s[0] for s in live} == {1}, samples  # exactly one gcs_server: one Ray instance
+    assert {s[1] for s in samples} == {0}  # no detached runner per submission
+    peak = max(s[2] for s in samples)
+    print(f"peak RSS of the dispatcher and its Ray: {peak / 2**20:.0f} MiB over {len(samples)} samples")
+    assert peak < MEMORY_BOUND_BYTES, f"{peak / 2**20:.0f} MiB"
+
+
+def test_admission_by_resources_priorities_cancel_and_one_dispatcher_per_store(qcli) -> None:
+    started = qcli("scheduler", "start", "--num-cpus", "2", "--json").json()
+    assert started["alive"] and started["total"]["CPU"] == 2
+    second = qcli("scheduler", "start", "--foreground", check=False, timeout=60)
+    assert second.code == 2 and started["owner"] in second.err and "Traceback" not in second.err, second.err
+    again = qcli("scheduler", "start", check=False, timeout=60)
+    assert again.code == 2 and "already has a dispatcher" in again.err
+
+    db = open_db(qcli)
+    blocker = submit(qcli, qcli.write_spec("b.yaml", "kind: noop\nsleep_s: 60\nresources: {cpus: 2}\n"))
+    wait_for(lambda: store.get_run(db, blocker).status == "running", "the blocker to run")
+    two = "kind: noop\nresources: {cpus: 2}\npayload: %s\n"
+    low = submit(qcli, qcli.write_spec("a.yaml", two % "a"))
+    high = submit(qcli, qcli.write_spec("h.yaml", two % "h"), "--priority", "5")
+    low2 = submit(qcli, qcli.write_spec("c.yaml", two % "c"))
+    doomed = submit(qcli, qcli.write_spec("d.yaml", two % "d"))
+    gpu = submit(qcli, qcli.write_spec("g.yaml", "kind: noop\nresources: {cpus: 0, gpus: 1}\n"))
+
+    def waiting():
+        rows = qcli("queue", "--json").json()
+        return rows if rows and rows[0]["waiting_for"] == "needs 2 CPU, 0 free" else None
+
+    rows = wait_for(waiting, "the queue to show what its runs wait for", timeout_s=20)
+    assert [r["run_id"] for r in rows] == [high, low, low2, doomed, gpu]
+    assert [r["position"] for r in rows] == [1, 2, 3, 4, 5] and rows[0]["priority"] == 5
+    assert {r["waiting_for"] for r in rows[:4]} == {"needs 2 CPU, 0 free"}
+    assert rows[4]["waiting_for"] == "needs 1 GPU, the cluster has 0"
+    assert "needs 2 CPU, 0 free" in qcli("queue").out
+
+    qcli("runs", "cancel", doomed)  # queued: cancelled at once, never runs
+    assert store.get_run(db, doomed).status == "cancelled"
+    qcli("runs", "cancel", blocker)  # running: the dispatcher stops its task within seconds
+    ran = wait_for(lambda: all_ended(db, [blocker, low, high, low2]), "the CPU runs to end", timeout_s=120)
+    assert [r.status for r in ran] == ["cancelled", "succeeded", "succeeded", "succeeded"]
+    order = sorted((store.get_run(db, r) for r in (low, high, low2)), key=lambda r: r.started_at)
+    assert [r.id for r in order] == [high, low, low2]  # priority first, then age
+    assert order[0].started_at >= store.get_run(db, blocker).finished_at  # admitted only once 2 CPUs were free
+    assert [e.to_status for e in store.run_events(db, doomed)] == ["queued", "cancelled"]
+    assert store.get_run(db, gpu).status == "queued"  # no GPU on this cluster: it waits (the cluster may grow)
+    status = qcli("scheduler", "status").out
+    assert "ray " in status and "total       2 CPU" in status
+    qcli("runs", "cancel", gpu)
+    qcli("scheduler", "stop")
+    assert qcli("scheduler", "status", "--json").json()["alive"] is False
+
+
+def test_dispatcher_killed_mid_queue_and_restarted_ends_every_run_exactly_once(qcli) -> None:
+    spec = qcli.write_spec("s.yaml", "kind: noop\nsleep_s: 2\nretries: 2\n")
+    qcli("scheduler", "start", "--num-cpus", "2")
+    run_ids = [submit(qcli, spec, "--set", f"payload=k{i}") for i in range(6)]
+    db = open_db(qcli)
+    wait_for(lambda: any(store.get_run(db, r).status == "running" for r in run_ids), "a run to start")
+    first = dispatcher_pid(qcli.home)
+    in_flight = [r for r in run_ids if store.get_run(db, r).status == "running"]
+    assert in_flight
+    kill_tree(first)  # SIGKILL: the dispatcher, its embedded Ray and the workers running our jobs
+    assert not tree(first)
+    assert qcli("scheduler", "status", "--json").json()["alive"] is False
+    assert all(store.get_run(db, r).status not in TERMINAL_STATUSES for r in in_flight)
+
+    qcli("scheduler", "start", "--num-cpus", "2")
+    assert dispatcher_pid(qcli.home) != first
+    runs = wait_for(lambda: all_ended(db, run_ids), "every run to end after the restart", timeout_s=180)
+    assert [r.status for r in runs] == ["succeeded"] * 6
+    for run in runs:
+        assert terminal_events(db, run.id) == ["succeeded"]  # ended exactly once
+        assert [e.role for e in store.run_outputs(db, run.id)] == ["result"]
+    for run_id in in_flight:  # the attempts killed with the dispatcher were recovered through their leases
+        events = store.run_events(db, run_id)
+        assert [e.to_status for e in events].count("running") == 2, [(e.to_status, e.message) for e in events]
+        assert store.get_run(db, run_id).attempt == 2
+
+
+@pytest.mark.postgres
+def test_the_dispatcher_on_postgresql(make_cli, pg_url, tmp_path) -> None:
+    cli = make_cli(tmp_path / "home", {**LEASE_ENV, "BITSMITH_DB_URL": pg_url})
+    try:
+        cli("db", "upgrade")
+        spec = cli.write_spec("p.yaml", "kind: noop\nresources: {cpus: 2}\n")
+        cli("scheduler", "start", "--num-cpus", "2")
+        refused = cli("scheduler", "start", "--foreground", check=False, timeout=60)
+        assert refused.code == 2 and "already has a dispatcher" in refused.err
+        run_ids = [submit(cli, spec, "--set", f"payload=q{i}", "--priority", str(i)) for i in range(3)]
+        db = open_db(cli)
+        runs = wait_for(lambda: all_ended(db, run_ids), "the runs to end", timeout_s=120)
+        assert [r.status for r in runs] == ["succeeded"] * 3
+        assert all(terminal_events(db, r) == ["succeeded"] for r in run_ids)
+        cli("scheduler", "stop")
+    finally:
+        kill_tree(dispatcher_pid(cli.home))
+        store.dispose_engines(pg_url)
