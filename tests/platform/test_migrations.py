@@ -157,3 +157,41 @@ def test_embedded_database_behind_head_is_upgraded_on_open(sqlite_url):
     dispose_engines(sqlite_url)
     open_database(sqlite_url)
     assert current_revision(sqlite_url) == SCHEMA_HEAD
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_upgrade_to_0007_backfills_each_runs_final_metrics(request, tmp_path, backend):
+    import math
+    import random
+
+    from sqlalchemy import insert
+
+    from bitsmith.platform.store import final_metrics
+    from bitsmith.platform.store.metrics import compute_final_metrics, metric_rows
+    from bitsmith.platform.store.runs import _new_run_rows
+    from bitsmith.platform.store.schema import metrics_t, runs_t
+
+    url = _fresh_url(request, tmp_path, backend)
+    upgrade_database(url, "0006")
+    rng, ids = random.Random(5), []
+    with engine_for(url).begin() as conn:
+        for i in range(8):
+            values, _, _ = _new_run_rows(kind="eval", name=f"r{i}", spec={}, spec_hash="h", cache_key="k", seed=1,
+                                         code_version={}, tags=(), executor=None, max_retries=0, inputs=None,
+                                         sweep_id=None, cache_hit_of=None, status="succeeded", run_id=None,
+                                         message=None)
+            conn.execute(insert(runs_t).values(**values))
+            ids.append(values["id"])
+            for attempt in sorted(rng.sample([0, 1, 2], 2)):
+                batch = [(rng.choice(["a", "b"]), rng.choice([None, 1, 3, 3]), rng.choice([rng.random(), math.nan]))
+                         for _ in range(5)]
+                conn.execute(insert(metrics_t), metric_rows(values["id"], attempt, batch))
+    upgrade_database(url)
+    db = open_database(url)
+    with db.transaction() as conn:
+        expected = compute_final_metrics(conn, ids)
+    got = final_metrics(db, ids)
+    assert got.keys() == expected.keys() and all(got[r].keys() == expected[r].keys() for r in ids)
+    assert all(got[r][k] == v or (math.isnan(got[r][k]) and math.isnan(v)) for r in ids for k, v in expected[r].items())
+    assert any(expected[r] for r in ids)
+    dispose_engines(url)
