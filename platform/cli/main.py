@@ -19,10 +19,15 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "lineage": ("lineage", "lineage", "Show what an artifact or run was made from (or what was made from it)."),
     "sweep": ("sweep", "sweep", "Run a grid / random / zip sweep of job specs and rank the children."),
     "reproduce": ("reproduce", "reproduce", "Re-run a past run from its stored spec and compare the results."),
+    "export": ("export", "export", "Export a quantized model as compressed-tensors, GPTQ or GGUF (a cached job)."),
     "data": ("data", "data", "Register datasets: built-in corpora, local files, the arithmetic task."),
     "models": ("models", "models", "Register local Hugging Face model directories (or GGUF files)."),
     "db": ("db", "db", "Metadata store schema: upgrade, current revision."),
     "demo": ("demo", "demo", "Run the demo pipeline end to end on the embedded defaults."),
+    "ui": ("ui", "ui", "Serve the web interface and JSON API over the store (read-only by default)."),
+    "report": ("report", "report", "Write a run's or a sweep's views as one self-contained HTML file."),
+    "scheduler": ("scheduler", "scheduler", "The store's dispatcher: start, stop, status (resources, runs in flight)."),
+    "queue": ("scheduler", "queue_cmd", "Queued runs in dispatch order: priority, resources, what each waits for."),
     "spec-schema": ("submit", "spec_schema", "Print the JSON schema of a job kind's spec and its declared outputs."),
 }
 
