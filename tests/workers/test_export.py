@@ -230,3 +230,28 @@ def test_unknown_format_and_unquantized_input_are_refused(tiny_llama, tmp_path):
         parse_spec({"kind": "export", "inputs": {"model": "m"}, "target": {"format": "onnx"}})
     with pytest.raises(DataError, match="not a bitsmith-quantized model"):
         exported(tiny_llama, tmp_path / "e", "gguf")
+
+
+# -- a searched mixed-precision allocation ---------------------------------------------------------
+@pytest.mark.skipif(not HAS_CT, reason="compressed-tensors is not installed")
+def test_searched_2_3_4_bit_allocation_loads_in_transformers_with_equal_logits(trained_lm, pydoc_corpus, tmp_path):
+    """A real `search` (dp over 2/3/4-bit symmetric levels, 3 bits average) exported to compressed-tensors."""
+    from transformers import AutoModelForCausalLM
+
+    from bitsmith.workers import search
+
+    spec = parse_spec({"kind": "search", "inputs": {"model": "m", "calibration": "c"}, "method": {"type": "dp"},
+                       "levels": {"bits": [2, 3, 4], "group_size": 32, "symmetric": True, "sequences": 8,
+                                  "seq_len": 64, "method": {"type": "rtn"}, "mse_clip": False},
+                       "budget": {"type": "avg_bits", "bits_per_weight": 3.0},
+                       "report": {"uniform": "levels", "test_max_chunks": 4, "baseline_dp": False,
+                                  "pareto_uniform_levels": False}})
+    ctx, _ = local_context(tmp_path / "s", {"model": trained_lm, "calibration": pydoc_corpus})
+    qdir = search.run(spec, ctx).artifacts["model"].path
+    widths = {e["bits"] for e in quant_format.quantization_config(qdir)["modules"].values()}
+    assert len(widths) >= 2, widths  # really mixed
+    art = exported(qdir, tmp_path / "e", "compressed-tensors")
+    assert art.metadata["config_groups"] == len(widths)
+    theirs = AutoModelForCausalLM.from_pretrained(art.path, dtype=torch.float32)
+    ids = torch.randint(0, 1024, (2, 32), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(logits(theirs, ids), logits(quant_format.load_quantized_model(qdir), ids))
