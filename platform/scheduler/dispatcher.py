@@ -32,7 +32,7 @@ from .. import store
 from ..config import Settings
 from ..errors import BitsmithError
 from ..store import queue
-from ..store.records import QUEUED, RunRecord
+from ..store.records import QUEUED, RUNNING, RunRecord
 from .admission import run_needs, schedulable, subtract, waiting_reason
 from .execute import execute_run
 from .ray_executor import _Dispatch, _task_options, check_store_fits_cluster, cluster_hosts, ensure_ray
@@ -145,6 +145,8 @@ class Dispatcher:
             self.head.clear()
 
     def _on_finish(self, run_id: str, status: str) -> None:
+        if run_id in self.sweep_of:
+            self._close_sweep_if_done(self.sweep_of[run_id])
         self.batch.starts.pop(run_id, None)
         self.batch.finals.pop(run_id, None)
         self.ended += 1
@@ -217,6 +219,19 @@ class Dispatcher:
             if limit is not None and per_sweep.get(run.sweep_id, 0) >= limit:
                 return f"sweep {run.sweep_id[:10]} is at its max_concurrency ({limit})"
         return waiting_reason(run_needs(run.spec), free, self.total)
+
+    def _close_sweep_if_done(self, sweep_id: str) -> None:
+        """Record a running sweep's status once none of its children is queued or running (a detached sweep has
+        no driver to do it; a sweep's own driver records it again when it ends)."""
+        from ..sweeps.results import sweep_results
+
+        record = store.get_sweep(self.db, sweep_id)
+        children = queue.get_runs(self.db, record.run_ids).values()
+        if record.status != "running" or any(c.status in (QUEUED, RUNNING) for c in children):
+            return
+        _, rows = sweep_results(self.db, sweep_id)
+        store.set_sweep_status(self.db, sweep_id, "succeeded" if all(r.status == "succeeded" for r in rows)
+                               else "failed")
 
     def _sweep_limit(self, sweep_id: str) -> int | None:
         if sweep_id not in self.sweeps:

@@ -12,6 +12,7 @@ from ..jobs import check_runnable
 from ..provenance import cache_key, kind_fingerprint
 from ..specs import JobSpecBase, canonical_json, semantic_json, spec_hash
 from ..specs.kinds import accepted_kinds
+from ..store import queue as store_queue
 from ..store.records import QUEUED, RunRecord
 
 
@@ -81,6 +82,30 @@ def record_submission(db: Any, spec: JobSpecBase, *, code: dict[str, Any], execu
     run = store.create_run(db, status=QUEUED, join_inflight=not no_cache, priority=priority, to_queue=to_queue,
                            **common)
     return Submission(run=run, cache_hit=False)
+
+
+def queue_submissions(db: Any, specs: list[JobSpecBase], *, code: dict[str, Any], priority: int = 0,
+                      no_cache: bool = False, sweep_id: str | None = None) -> list[Submission]:
+    """Queue many runs for the store's dispatcher at once: the rows `record_submission(to_queue=True)` writes,
+    inserted in a few transactions (a spec with a succeeded identical run still becomes its cache hit)."""
+    fingerprints: dict[str, Any] = {}
+    prepared = []
+    for spec in specs:
+        check_runnable(spec.kind)
+        digests = resolve_inputs(db, spec)
+        resolved = spec.with_resolved_inputs(digests)
+        fingerprint = fingerprints.setdefault(spec.kind, kind_fingerprint(spec.kind))
+        key = cache_key(spec.kind, semantic_json(resolved), digests, fingerprint.digest)
+        prepared.append((spec, dict(kind=spec.kind, name=spec.name, spec=_json(resolved), spec_hash=spec_hash(resolved),
+                                    cache_key=key, seed=spec.seed, code_version={**code, **fingerprint.record()},
+                                    tags=list(spec.tags), executor="ray", max_retries=spec.retries, inputs=digests,
+                                    sweep_id=sweep_id)))
+    cached = set() if no_cache else store_queue.succeeded_keys(db, {row["cache_key"] for _, row in prepared})
+    subs = [record_submission(db, spec, code=code, executor="ray", sweep_id=sweep_id, priority=priority,
+                              to_queue=True) for spec, row in prepared if row["cache_key"] in cached]
+    queued = store_queue.enqueue_runs(db, [row for _, row in prepared if row["cache_key"] not in cached],
+                                      priority=priority, join_inflight=not no_cache)
+    return subs + [Submission(run=run, cache_hit=False) for run in queued]
 
 
 def _json(spec: JobSpecBase) -> dict[str, Any]:

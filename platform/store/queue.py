@@ -21,7 +21,7 @@ from .engine import Database, write
 from .leases import lease_values, owner_is_gone
 from .records import QUEUED, RUNNING, DispatcherRecord, RunRecord
 from .runs import run_from_row
-from .schema import dispatchers_t, runs_t
+from .schema import dispatchers_t, run_events_t, run_inputs_t, runs_t
 
 DISPATCHER_NAME = "default"
 QUEUE_ORDER = (runs_t.c.priority.desc(), runs_t.c.created_at, runs_t.c.id)
@@ -154,4 +154,64 @@ def get_runs(db: Database, run_ids: Iterable[str]) -> dict[str, RunRecord]:
         for i in range(0, len(ids), 500):
             for row in conn.execute(select(runs_t).where(runs_t.c.id.in_(ids[i:i + 500]))):
                 found[row.id] = run_from_row(row)
+    return found
+
+
+def enqueue_runs(db: Database, runs: list[dict[str, Any]], *, priority: int = 0, join_inflight: bool = True,
+                 chunk: int = 1000) -> list[RunRecord]:
+    """Insert many queued runs (the keyword arguments of `create_run` each) with no dispatcher lease (they wait for
+    the store's dispatcher), `chunk` runs per transaction, each table's rows in one statement. Joining works as in
+    `create_run`: a run whose cache key an in-flight run, or an earlier run of this call, already has joins it."""
+    from .runs import _new_run_rows
+
+    rows = [_new_run_rows(status=QUEUED, cache_hit_of=None, run_id=None, message=None, **r) for r in runs]
+    for values, _, _ in rows:
+        values.update(priority=priority, joins=None)
+    first_of_key: dict[str, str] = {}
+
+    def insert_part(part: list[tuple[dict, list, dict]]) -> Any:
+        def body(conn: Connection) -> None:
+            inflight = _inflight_originals(conn, db, {v["cache_key"] for v, _, _ in part}) if join_inflight else {}
+            for values, _, event in part:
+                joins = first_of_key.get(values["cache_key"]) or inflight.get(values["cache_key"])
+                if joins is not None and join_inflight:
+                    values["joins"] = joins
+                    event["message"] = f"joins in-flight identical run {joins}"
+                else:
+                    first_of_key.setdefault(values["cache_key"], values["id"])
+            conn.execute(insert(runs_t), [values for values, _, _ in part])
+            edges = [edge for _, part_edges, _ in part for edge in part_edges]
+            if edges:
+                conn.execute(insert(run_inputs_t), edges)
+            conn.execute(insert(run_events_t), [event for _, _, event in part])
+        return body
+
+    for i in range(0, len(rows), chunk):
+        write(db, insert_part(rows[i:i + chunk]))
+    return [run_from_row(values) for values, _, _ in rows]
+
+
+def _inflight_originals(conn: Connection, db: Database, keys: set[str]) -> dict[str, str]:
+    """Cache key -> the oldest queued or running run with it that runs itself, for those of `keys` that have one
+    (PostgreSQL: under each key's advisory lock, as `create_run` takes it)."""
+    keys_list, found = sorted(keys), {}
+    if not db.is_sqlite:
+        for key in keys_list:
+            conn.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(key, 0))))
+    for i in range(0, len(keys_list), 500):
+        query = (select(runs_t.c.cache_key, runs_t.c.id).where(
+            runs_t.c.cache_key.in_(keys_list[i:i + 500]), runs_t.c.status.in_((QUEUED, RUNNING)),
+            runs_t.c.cache_hit_of.is_(None), runs_t.c.joins.is_(None)).order_by(runs_t.c.created_at.desc(),
+                                                                               runs_t.c.id.desc()))
+        found.update({key: run_id for key, run_id in conn.execute(query)})  # oldest last: it wins
+    return found
+
+
+def succeeded_keys(db: Database, keys: Iterable[str]) -> set[str]:
+    """Those of `keys` some succeeded run has (their submissions may become cache hits)."""
+    keys, found = list(keys), set()
+    with db.transaction() as conn:
+        for i in range(0, len(keys), 500):
+            found.update(k for (k,) in conn.execute(select(runs_t.c.cache_key).distinct().where(
+                runs_t.c.cache_key.in_(keys[i:i + 500]), runs_t.c.status == "succeeded")))
     return found

@@ -40,8 +40,12 @@ def create_sweep(db: Any, sweep: SweepSpec) -> store.SweepRecord:
 
 
 def run_sweep(sweep_id: str, settings: Settings, *, executor: str = "ray", no_cache: bool = False,
-              on_finish: OnFinish | None = None) -> dict[str, str]:
+              on_finish: OnFinish | None = None, detach: bool = False) -> dict[str, str]:
     """Run (or resume) the sweep with its strategy's runner; returns run id -> final status of what ran.
+
+    With `detach` (expanded strategies on Ray) the children only join the store's queue and this returns at
+    once: the store's dispatcher runs them, holds the sweep to its `max_concurrency` and records the sweep's
+    status when its last child ends.
 
     Children whose lease ran out (their submitter, worker or node died) are first re-queued or failed by
     their retries, so the runner finds each child as it really is.
@@ -51,6 +55,12 @@ def run_sweep(sweep_id: str, settings: Settings, *, executor: str = "ray", no_ca
     sweep = load_sweep_spec(record.spec, source=f"sweep {record.id}")
     for outcome in store.recover_expired(db, run_ids=record.run_ids):
         log.warning("sweep %s: child %s: %s", record.id[:10], outcome.run.id[:10], outcome.reason)
+    if detach:
+        if RUNNERS[type(sweep.strategy)] is not _EXPANDED or executor != "ray":
+            raise UsageError(f"sweep {record.id}: --detach queues the children of a grid, zip or random sweep on the "
+                             f"ray executor; expected one (this is a {sweep.strategy.type} sweep on {executor}); "
+                             "run it without --detach")
+        return run_expanded_sweep(record.id, settings, executor=executor, no_cache=no_cache, detach=True)
     return RUNNERS[type(sweep.strategy)].run(record.id, settings, executor=executor, no_cache=no_cache,
                                              on_finish=on_finish)
 
@@ -61,7 +71,7 @@ def describe_plan(sweep: SweepSpec, children: int) -> str:
 
 
 def run_expanded_sweep(sweep_id: str, settings: Settings, *, executor: str = "ray", no_cache: bool = False,
-                       on_finish: OnFinish | None = None) -> dict[str, str]:
+                       on_finish: OnFinish | None = None, detach: bool = False) -> dict[str, str]:
     """Run every combination of the sweep that has no succeeded child yet; returns run id -> final status.
 
     On resume, children are taken from the store as they are: a queued child is dispatched as it is, a
@@ -84,7 +94,7 @@ def run_expanded_sweep(sweep_id: str, settings: Settings, *, executor: str = "ra
 
     def submit(spec: JobSpecBase) -> str | None:
         sub = record_submission(db, spec, code=code, executor=executor, no_cache=no_cache, sweep_id=record.id,
-                                pinned=pinned)
+                                pinned=pinned, to_queue=detach)
         return None if sub.cache_hit else sub.run.id
 
     pending: list[str] = []
@@ -100,6 +110,11 @@ def run_expanded_sweep(sweep_id: str, settings: Settings, *, executor: str = "ra
         elif (run_id := submit(spec)) is not None:
             pending.append(run_id)
     store.set_sweep_status(db, record.id, "running")
+    if detach:  # queued children (also those found queued on resume) wait for the store's dispatcher
+        from ..scheduler.daemon import ensure_dispatcher
+
+        ensure_dispatcher(settings, db)
+        return {}
 
     def run_batch(run_ids: list[str]) -> dict[str, str]:
         return EXECUTORS[executor](run_ids, settings, on_finish=on_finish, max_in_flight=sweep.max_concurrency)

@@ -235,3 +235,21 @@ def test_the_dispatcher_on_postgresql(make_cli, pg_url, tmp_path) -> None:
     finally:
         kill_tree(dispatcher_pid(cli.home))
         store.dispose_engines(pg_url)
+
+
+def test_a_detached_sweep_runs_on_the_dispatcher_within_its_max_concurrency(qcli) -> None:
+    sweep = qcli.write_spec("sw.yaml", "kind: sweep\nname: queued-sweep\n"
+                                       "base: {kind: noop, sleep_s: 1.5, resources: {cpus: 0.5}}\nstrategy: grid\n"
+                                       "parameters:\n  payload: [a, b, c]\nmax_concurrency: 1\n"
+                                       "objectives: [{metric: noop/metrics_logged, goal: max}]\n")
+    qcli("scheduler", "start", "--num-cpus", "2")
+    begun = time.monotonic()
+    sweep_id = qcli("sweep", "run", sweep, "--detach").out.split()[0]
+    assert time.monotonic() - begun < 30  # it returns once the children are queued, not when they end
+    db = open_db(qcli)
+    record = wait_for(lambda: (r := store.get_sweep(db, sweep_id)).status != "running" and r, "the sweep to end")
+    assert record.status == "succeeded" and len(record.run_ids) == 3  # recorded by the dispatcher
+    children = sorted((store.get_run(db, r) for r in record.run_ids), key=lambda r: r.started_at)
+    assert [c.status for c in children] == ["succeeded"] * 3
+    for before, after in zip(children, children[1:]):  # max_concurrency 1 though 2 CPUs fit four at once
+        assert after.started_at >= before.finished_at

@@ -73,3 +73,16 @@ def test_admission_says_what_a_run_waits_for() -> None:
     assert waiting_reason({"CPU": 4.0}, total, total) == "needs 4 CPU, the cluster has 2"
     big = run_needs({"resources": {"memory_bytes": 16 * 2**30}})
     assert waiting_reason(big, total, total) == "needs 16.0 GiB memory, the cluster has 8.0 GiB"
+
+
+def test_many_runs_are_queued_at_once_and_identical_ones_join_the_first(db) -> None:
+    running = _queued(db, key="busy")
+    rows = [dict(kind="noop", name=None, spec={"kind": "noop"}, spec_hash="h" * 64, cache_key=key, seed=0,
+                 code_version={}, tags=(), executor="ray", max_retries=0, inputs=None, sweep_id=None)
+            for key in ("a", "b", "a", "busy")]
+    queued = queue.enqueue_runs(db, rows, priority=3, chunk=2)
+    stored = [store.get_run(db, r.id) for r in queued]
+    assert [r.status for r in stored] == ["queued"] * 4 and {r.priority for r in stored} == {3}
+    assert [r.lease_owner for r in stored] == [None] * 4  # waiting for the store's dispatcher
+    assert [r.joins for r in stored] == [None, None, queued[0].id, running.id]
+    assert [[e.to_status for e in store.run_events(db, r.id)] for r in stored] == [["queued"]] * 4
