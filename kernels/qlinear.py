@@ -4,11 +4,20 @@ The reference path unpacks and dequantizes the weight, then runs a dense matmul;
 On a CUDA input, when triton imports and `triton_qlinear.unsupported_reason` finds nothing against it,
 the forward pass runs the fused Triton kernel of `triton_qlinear` instead (same dequantized weight,
 fp32 accumulation). Triton is never imported on CPU.
+
+Inside `dense_weight_cache(model, max_bytes)` (evaluation, fitness scoring) each layer keeps its dequantized
+weight after the first forward, up to `max_bytes` over the model, so later forwards skip the unpacking; the
+copy is dropped on exit, and rebuilt if the packed buffers change in between.
+
+`effective_bits_per_weight(modules)` is the one count of stored bits per weight: a quantized layer's codes,
+scales, zero points and act-order indices, and the full weight of any layer left in high precision.
 """
 from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from types import ModuleType
 
 import torch
@@ -60,6 +69,8 @@ class QuantizedLinear(nn.Module):
         self.register_buffer("g_idx", torch.zeros(in_features, dtype=torch.int32, device=device)
                              if has_g_idx else None)
         self.register_buffer("bias", torch.zeros(out_features, dtype=bias_dtype, device=device) if bias else None)
+        self.keep_dense = False  # set by `dense_weight_cache`
+        self._dense: tuple[tuple, Tensor] | None = None  # (what it was computed from, the dequantized weight)
 
     @classmethod
     def from_quantized(cls, qw: QuantizedWeight, bias: Tensor | None = None) -> "QuantizedLinear":
@@ -100,13 +111,32 @@ class QuantizedLinear(nn.Module):
                 and kernels.unsupported_reason(x, self.qweight, self.bits) is None:
             return kernels.quantized_linear(x, self.qweight, self.scales, self.qzeros, self.g_idx, self.bias,
                                             self.bits, self.group_size)
-        weight = self.dequantized_weight(dtype=x.dtype)
+        weight = self._cached_dense(x.dtype) if self.keep_dense else self.dequantized_weight(dtype=x.dtype)
         bias = self.bias.to(x.dtype) if self.bias is not None else None
         return nn.functional.linear(x, weight, bias)
 
+    def _packed_state(self, dtype: torch.dtype) -> tuple:
+        """Identifies the packed buffers' current contents: any in-place write bumps a tensor's version."""
+        return (dtype,) + tuple((t.data_ptr(), t._version) if t is not None else None
+                                for t in (self.qweight, self.scales, self.qzeros, self.g_idx))
+
+    def _cached_dense(self, dtype: torch.dtype) -> Tensor:
+        state = self._packed_state(dtype)
+        if self._dense is None or self._dense[0] != state:
+            self._dense = (state, self.dequantized_weight(dtype=dtype))
+        return self._dense[1]
+
+    def dense_bytes(self, dtype: torch.dtype = torch.float32) -> int:
+        return self.out_features * self.in_features * torch.tensor([], dtype=dtype).element_size()
+
+    def storage_breakdown(self) -> dict[str, int]:
+        """Stored bits of the weight by part: codes, scales, zero points, act-order indices."""
+        return {"codes": tensor_bits(self.qweight), "scales": tensor_bits(self.scales),
+                "zeros": tensor_bits(self.qzeros), "g_idx": tensor_bits(self.g_idx)}
+
     def storage_bits(self) -> int:
         """Bits of everything that describes the weight: codes, scales, zeros, act-order indices."""
-        return sum(tensor_bits(t) for t in (self.qweight, self.scales, self.qzeros, self.g_idx))
+        return sum(self.storage_breakdown().values())
 
     def effective_bits_per_weight(self) -> float:
         return self.storage_bits() / (self.in_features * self.out_features)
@@ -114,3 +144,47 @@ class QuantizedLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
                 f"group_size={self.group_size}, symmetric={self.symmetric}, act_order={self.g_idx is not None}")
+
+
+@contextmanager
+def dense_weight_cache(model: nn.Module, max_bytes: int | None = None,
+                       dtype: torch.dtype = torch.float32) -> Iterator[int]:
+    """Let the model's `QuantizedLinear`s keep their dequantized weight between forwards (CPU evaluation).
+
+    Layers are enabled in module order while their dense copies (in `dtype`) fit `max_bytes` (None: no
+    limit); yields the bytes they may take. The copies are freed on exit. Outputs are unchanged: the cached
+    weight is exactly the one the reference path would compute on each forward.
+    """
+    enabled: list[QuantizedLinear] = []
+    used = 0
+    for module in model.modules():
+        if isinstance(module, QuantizedLinear) and not module.keep_dense:
+            size = module.dense_bytes(dtype)
+            if max_bytes is not None and used + size > max_bytes:
+                continue
+            module.keep_dense, used = True, used + size
+            enabled.append(module)
+    try:
+        yield used
+    finally:
+        for module in enabled:
+            module.keep_dense, module._dense = False, None
+
+
+def weight_storage_bits(module: nn.Module) -> tuple[int, int]:
+    """(stored bits, weights) of one layer's weight: packed parts of a `QuantizedLinear`, else the dense weight
+    at its dtype (a layer left in high precision). Biases are not weights and not counted."""
+    if isinstance(module, QuantizedLinear):
+        return module.storage_bits(), module.in_features * module.out_features
+    weight = module.weight
+    return tensor_bits(weight), weight.numel()
+
+
+def effective_bits_per_weight(modules: Iterable[nn.Module]) -> float:
+    """Stored bits per weight over `modules` (codes + scales + zero points + g_idx, and every weight left
+    in high precision at its full width)."""
+    counts = [weight_storage_bits(m) for m in modules]
+    weights = sum(n for _, n in counts)
+    if weights == 0:
+        raise ValueError("effective_bits_per_weight: no weights in the given modules")
+    return sum(b for b, _ in counts) / weights

@@ -9,6 +9,10 @@ each document is tokenized without a BOS token; the first window is prefixed wit
 if none) and scores up to `seq_len` tokens; every later window scores the next `seq_len` tokens with
 one token of context, and the last window reaches back `seq_len` tokens for full context. Words are
 `len(re.split(r"\\s+", doc))` (so a trailing newline counts as a word), bytes are UTF-8 bytes.
+
+Both runners score a quantized model with its dequantized weights kept between forwards
+(`kernels.qlinear.dense_weight_cache`, at most `DENSE_CACHE_MAX_BYTES`): the same numbers, without
+unpacking every layer again for every batch.
 """
 from __future__ import annotations
 
@@ -20,11 +24,14 @@ from typing import Any
 
 import torch
 
+from bitsmith.kernels.qlinear import dense_weight_cache
 from bitsmith.platform.errors import DataError
 from bitsmith.platform.specs.eval import TokenPplTask, WordPplTask, metric_prefix
 
 from . import EvalEnv, TaskResult, evaluator
 from .loglik import ScoredSequence, score_sequences, target_logprobs
+
+DENSE_CACHE_MAX_BYTES = 4 * 1024 ** 3  # dequantized copies kept while scoring (SmolLM2-135M's layers: 0.42 GB fp32)
 
 
 def tokenize_joined(tokenizer: Any, texts: Sequence[str], separator: str = "\n\n") -> torch.Tensor:
@@ -153,7 +160,8 @@ def split_chunks(env: EvalEnv, data_index: int, split: str, seq_len: int, max_ch
 def run_token_ppl(task: TokenPplTask, env: EvalEnv) -> TaskResult:
     chunks = split_chunks(env, task.data_index, task.split, task.seq_len, task.max_chunks)
     start = time.perf_counter()
-    with env.bar(chunks.shape[0], f"token_ppl {task.split}") as update:
+    with env.bar(chunks.shape[0], f"token_ppl {task.split}") as update, \
+            dense_weight_cache(env.model, DENSE_CACHE_MAX_BYTES, env.dtype):
         total, count = chunk_nll(env.model, chunks, env.batch_size, update)
     seconds = time.perf_counter() - start
     ppl = math.exp(total / count)
@@ -170,7 +178,8 @@ def run_word_ppl(task: WordPplTask, env: EvalEnv) -> TaskResult:
     docs = split_texts(env, task.data_index, task.split)[: task.max_docs]
     max_len = task.seq_len or model_max_length(env.model, env.tokenizer)
     start = time.perf_counter()
-    with env.bar(None, f"word_ppl {task.split} windows") as update:
+    with env.bar(None, f"word_ppl {task.split} windows") as update, \
+            dense_weight_cache(env.model, DENSE_CACHE_MAX_BYTES, env.dtype):
         lls, scored = document_loglikelihoods(env.model, env.tokenizer, docs, max_len, env.batch_size, update)
     seconds = time.perf_counter() - start
     values = word_byte_perplexity(docs, lls)
