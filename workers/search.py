@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from bitsmith.platform.context import OutputArtifact, RunContext, WorkerOutputs
 from bitsmith.platform.digests import write_artifact_meta
 from bitsmith.platform.errors import DataError
-from bitsmith.platform.specs.search import (BisectMethod, DPMethod, EvoMethod, HessianMethod,
+from bitsmith.platform.specs.search import (BisectMethod, DPMethod, EffectiveBitsBudget, EvoMethod, HessianMethod,
                                             QualityBudget, SearchSpec, SizeBudget, UniformMethod)
 
 from . import quant_format
@@ -34,6 +34,7 @@ from .allocation import evo, knapsack, sensitivity
 from .allocation.bisect import bisect_drop
 from .allocation.levels import AllocationModel, LevelDB, build_level_db, level_db_key, load_level_db
 from .allocation.levels import CALIBRATION_SEED
+from .allocation.uniform import quantize_uniform, uniform_quantize_spec
 from .models import load_model_and_tokenizer
 from .registry import Registry
 
@@ -63,42 +64,68 @@ def run(spec: SearchSpec, ctx: RunContext) -> WorkerOutputs:
     # 1. the level database, shared by every search on the same model, data and level settings
     levels_key = level_db_key(model_in.digest, data_in.digest, spec.levels, spec.modules.model_dump(mode="json"))
 
+    seconds: dict[str, float] = {}  # per phase, for the report
+
     def build(out: Path) -> None:
-        _build_levels(spec, ctx, model, tokenizer, texts, out, db_key, model_in.digest)
+        _build_levels(spec, ctx, model, tokenizer, texts, out, db_key, model_in.digest, seconds)
 
     db_key = ctx.derived_key(levels_key, build)  # the key it is stored under: the code fingerprint mixed in
+    t0 = time.perf_counter()
     db_dir = ctx.cached_artifact(levels_key, "level-db", build)
     db = load_level_db(db_dir)
+    seconds["level_db"] = time.perf_counter() - t0  # built, or found (then no calibration/quantize entries)
 
     # 2. the budget as per-layer integer costs
     costs, budget_cost = budget_costs(spec, db)
     env = SearchEnv(spec, ctx, db, db_key, model_in.path, model, tokenizer, costs, budget_cost, texts)
 
     # 3. allocate: the chosen method, uniform always, dp when cheap
+    t0 = time.perf_counter()
     chosen, details = allocator_for(spec.method.type)(spec.method, env)
+    seconds["allocate"] = time.perf_counter() - t0  # evo: fitness reference logits and evaluations
     uniform = uniform_allocation(costs, budget_cost if budget_cost is not None
                                  else knapsack.allocation_cost(costs, chosen), spec)
     results = {spec.method.type: chosen, "uniform": uniform}
     if spec.report.baseline_dp and budget_cost is not None and "dp" not in results:
         results["dp"] = allocate_dp(DPMethod(), env)[0]
 
-    # 4. measure every allocation on the held-out test split
-    rows = measure(env, results)
+    # 4. the uniform row as a `quantize` job builds it, and the baseline models the spec names
+    built: dict[str, nn.Module] = {}
+    uniform_spec = None
+    t0 = time.perf_counter()
+    if spec.report.uniform == "quantize":
+        uniform_spec = uniform_quantize_spec(spec, db.bits[uniform[0]])
+        n_blocks = len(model.get_submodule(architecture_layout(model).blocks))
+        with ctx.progress(total=n_blocks, desc=f"uniform {uniform_spec.bits}-bit as quantize") as bar:
+            built["uniform"] = quantize_uniform(uniform_spec, model, tokenizer, texts, progress=bar)
+    seconds["uniform_quantize"] = time.perf_counter() - t0
+    baselines = load_baselines(spec, ctx, db, model_in.digest)
+
+    # 5. measure every allocation and baseline on the held-out test split
+    t0 = time.perf_counter()
+    rows = measure(env, results, built, baselines)
+    seconds["report_eval"] = time.perf_counter() - t0
     log.info("search: %s", json.dumps(rows))
-    return write_outputs(env, chosen, rows, details, model_in.digest, time.perf_counter() - start)
+    extra = {"phase_seconds": seconds, "uniform_built_as": spec.report.uniform,
+             "uniform_quantize_spec": uniform_spec.model_dump(mode="json") if uniform_spec is not None else None}
+    return write_outputs(env, chosen, rows, details, model_in.digest, time.perf_counter() - start, extra)
 
 
 def _build_levels(spec: SearchSpec, ctx: RunContext, model: nn.Module, tokenizer: Any, texts: list[str],
-                  out: Path, key: str, model_digest: str) -> None:
+                  out: Path, key: str, model_digest: str, seconds: dict[str, float]) -> None:
     cfg = spec.levels
     layout = architecture_layout(model)
     plans = plan_layers(model, layout, bits=cfg.bits[0], group_size=cfg.group_size, modules=spec.modules)
+    t0 = time.perf_counter()
     batches = calibration_batches(texts, tokenizer, cfg.sequences, cfg.seq_len, cfg.batch_size, CALIBRATION_SEED)
+    seconds["level_db_tokenize"] = time.perf_counter() - t0
+    phases: dict[str, float] = {}
     n_blocks = len(model.get_submodule(layout.blocks))
     meta = {"key": key, "base_model_digest": model_digest, "bits": list(cfg.bits), "group_size": cfg.group_size,
             "method": cfg.method.type, "layers": len(plans)}
     with ctx.progress(total=n_blocks, desc="level database") as bar:
-        build_level_db(out, model, plans, batches, cfg, meta, progress=bar)
+        build_level_db(out, model, plans, batches, cfg, meta, progress=bar, seconds=phases)
+    seconds.update({f"level_db_{k}": v for k, v in phases.items()})
 
 
 def budget_costs(spec: SearchSpec, db: LevelDB) -> tuple[list[list[int]], int | None]:
@@ -107,6 +134,10 @@ def budget_costs(spec: SearchSpec, db: LevelDB) -> tuple[list[list[int]], int | 
     if isinstance(budget, SizeBudget):
         costs = [[lv.storage_bits for lv in layer.levels] for layer in db.layers]
         cap, field, shown = budget.size_bytes * 8, "budget.size_bytes", lambda c: f"{math.ceil(c / 8)} bytes"
+    elif isinstance(budget, EffectiveBitsBudget):  # the same stored bits, per weight
+        costs = [[lv.storage_bits for lv in layer.levels] for layer in db.layers]
+        cap = math.floor(budget.bits_per_weight * db.total_params() + 1e-6)
+        field, shown = "budget.bits_per_weight", lambda c: f"{c / db.total_params():.4g} effective bits per weight"
     else:
         costs = [[lv.bits * layer.numel for lv in layer.levels] for layer in db.layers]
         if isinstance(budget, QualityBudget):
@@ -166,7 +197,8 @@ def allocate_hessian(method: HessianMethod, env: SearchEnv) -> tuple[Allocation,
         return calibration_batches(env.calibration_texts, env.tokenizer, method.gradient_sequences, cfg.seq_len,
                                    method.gradient_sequences, env.ctx.seed)[0]
 
-    losses, extra = sensitivity.sensitivities(method, env.db, lambda: copy.deepcopy(env.model), batch, env.ctx.seed)
+    losses, extra = sensitivity.sensitivities(method, env.db, lambda: copy.deepcopy(env.model), batch, env.ctx.seed,
+                                                  progress=env.ctx.progress)
     allocation = knapsack.solve(method.solver, env.costs, losses, env.budget_cost)
     if allocation is None:
         raise DataError("budget: the knapsack found no allocation within the budget; expected a larger budget")
@@ -271,13 +303,56 @@ def uniform_allocation(costs: list[list[int]], cap: int, spec: SearchSpec) -> Al
 
 
 # -- measuring and writing ----------------------------------------------------------------------------
-def measure(env: SearchEnv, results: dict[str, Allocation]) -> list[dict[str, Any]]:
-    """One row per allocation: bits, size and held-out (test split) perplexity and KL to the model."""
+@dataclass
+class Baseline:
+    """A quantized model named in `inputs.baselines`, loaded for the report."""
+
+    role: str  # baselines.I
+    ref: str  # the spec's reference (a digest once submitted)
+    model: nn.Module
+    effective_bits_per_weight: float  # over the searched layers, as the level database counts them
+    description: dict[str, Any]
+
+
+def load_baselines(spec: SearchSpec, ctx: RunContext, db: LevelDB, model_digest: str) -> list[Baseline]:
+    """The spec's baseline models; DataError when one is not a bitsmith quantization of the searched model."""
+    from bitsmith.kernels.qlinear import effective_bits_per_weight
+
+    baselines = []
+    for i, ref in enumerate(spec.inputs.baselines):
+        art = ctx.input(f"baselines.{i}")
+        where = f"inputs.baselines[{i}]"
+        if not quant_format.is_bitsmith_quantized(art.path):
+            raise DataError(f"{where}: {art.path} is not a bitsmith quantized model; expected a `quantize` output")
+        base = art.metadata.get("base_model_digest")
+        if base != model_digest:
+            raise DataError(f"{where}: quantized from model {base}; expected a quantization of inputs.model "
+                            f"({model_digest})")
+        model = quant_format.load_quantized_model(art.path)
+        try:
+            modules = [model.get_submodule(name) for name in db.names]
+        except AttributeError as e:
+            raise DataError(f"{where}: {e}; expected the searched model's architecture") from None
+        described = {k: art.metadata.get(k) for k in ("method", "bits", "group_size", "symmetric")}
+        baselines.append(Baseline(f"baselines.{i}", ref, model, effective_bits_per_weight(modules), described))
+    return baselines
+
+
+def measure(env: SearchEnv, results: dict[str, Allocation], built: dict[str, nn.Module] | None = None,
+            baselines: list[Baseline] | None = None) -> list[dict[str, Any]]:
+    """One row per allocation: bits, size and held-out (test split) perplexity and KL to the model.
+
+    Order: the allocations of `results`, unquantized, the baselines, then uniform at every width. An
+    allocation in `built` is measured on that model (the uniform row built as a `quantize` job) instead of
+    the level database's layers; its stored size is the same (same widths, groups and grid).
+    """
+    from bitsmith.kernels.qlinear import dense_weight_cache
+
     from .data.datasets import read_texts
     from .evaluators.kl import compute_reference_logits, kl_to_reference
     from .evaluators.perplexity import chunk_tokens, token_perplexity, tokenize_joined
 
-    cfg = env.spec.report
+    cfg, built, baselines = env.spec.report, built or {}, baselines or []
     test_texts = read_texts(env.ctx.input("calibration").path, "test")
     ids = tokenize_joined(env.tokenizer, test_texts)
     if ids.numel() < cfg.test_seq_len:
@@ -285,29 +360,48 @@ def measure(env: SearchEnv, results: dict[str, Allocation]) -> list[dict[str, An
                         f"report.test_seq_len={cfg.test_seq_len}; expected a longer test split")
     chunks = chunk_tokens(ids, cfg.test_seq_len, cfg.test_max_chunks)
     stitched = AllocationModel(copy.deepcopy(env.model), env.db)
-    reference = compute_reference_logits(stitched.apply(None), chunks)
-    rows = [{"method": "unquantized", "avg_bits": None, "effective_bits_per_weight": None, "size_bytes": None,
-             "test_token_ppl": token_perplexity(stitched.model, chunks), "test_kl": 0.0}]
-    for name, allocation in results.items():
-        model = stitched.apply(allocation)
-        rows.append({"method": name, "avg_bits": env.db.nominal_bits(allocation),
-                     "effective_bits_per_weight": env.db.effective_bits(allocation),
-                     "size_bytes": math.ceil(env.db.storage_bits(allocation) / 8),
-                     "test_token_ppl": token_perplexity(model, chunks),
-                     "test_kl": kl_to_reference(model, chunks, reference)})
-    if cfg.pareto_uniform_levels:  # the pareto plot's reference curve: uniform at every width
-        for lv, bits in enumerate(env.db.bits):
-            model = stitched.apply([lv] * len(env.db.layers))
-            rows.append({"method": f"uniform-{bits}bit", "avg_bits": float(bits),
-                         "effective_bits_per_weight": env.db.effective_bits([lv] * len(env.db.layers)),
-                         "size_bytes": math.ceil(env.db.storage_bits([lv] * len(env.db.layers)) / 8),
-                         "test_token_ppl": token_perplexity(model, chunks),
-                         "test_kl": kl_to_reference(model, chunks, reference)})
-    return rows[1:len(results) + 1] + rows[:1] + rows[len(results) + 1:]
+    n_layers = len(env.db.layers)
+    pareto = list(enumerate(env.db.bits)) if cfg.pareto_uniform_levels else []
+    total = 1 + len(results) + len(baselines) + len(pareto)
+    with env.ctx.progress(total=total, desc="report: test split") as bar:
+        reference = compute_reference_logits(stitched.apply(None), chunks)
+        unquantized = {"method": "unquantized", "avg_bits": None, "effective_bits_per_weight": None,
+                       "size_bytes": None, "test_token_ppl": token_perplexity(stitched.model, chunks), "test_kl": 0.0}
+        bar.update(1, row="unquantized")
+
+        def row(name: str, model: nn.Module, allocation: Allocation, **extra: Any) -> dict[str, Any]:
+            scored = {"method": name, "avg_bits": env.db.nominal_bits(allocation),
+                      "effective_bits_per_weight": env.db.effective_bits(allocation),
+                      "size_bytes": math.ceil(env.db.storage_bits(allocation) / 8),
+                      "test_token_ppl": token_perplexity(model, chunks),
+                      "test_kl": kl_to_reference(model, chunks, reference), **extra}
+            bar.update(1, row=name)
+            return scored
+
+        rows = [row(name, built[name], allocation, built_as="quantize") if name in built
+                else row(name, stitched.apply(allocation), allocation) for name, allocation in results.items()]
+        rows.append(unquantized)
+        for b in baselines:
+            with dense_weight_cache(b.model):
+                ppl, kl = token_perplexity(b.model, chunks), kl_to_reference(b.model, chunks, reference)
+            rows.append({"method": b.role, "ref": b.ref, "avg_bits": b.description.get("bits"),
+                         "effective_bits_per_weight": b.effective_bits_per_weight, "size_bytes": None,
+                         "test_token_ppl": ppl, "test_kl": kl, "baseline": b.description})
+            bar.update(1, row=b.role)
+        for lv, bits in pareto:  # the pareto plot's reference curve: uniform at every width of the database
+            rows.append(row(f"uniform-{bits}bit", stitched.apply([lv] * n_layers), [lv] * n_layers))
+    return rows
+
+
+def best_baseline(rows: list[dict[str, Any]], effective_bits: float) -> dict[str, Any] | None:
+    """The baseline row with the lowest test perplexity at or below `effective_bits` (None if there is none)."""
+    fits = [r for r in rows if r["method"].startswith("baselines.")
+            and r["effective_bits_per_weight"] <= effective_bits + 1e-9]
+    return min(fits, key=lambda r: r["test_token_ppl"], default=None)
 
 
 def write_outputs(env: SearchEnv, allocation: Allocation, rows: list[dict[str, Any]], details: dict[str, Any],
-                  model_digest: str, seconds: float) -> WorkerOutputs:
+                  model_digest: str, seconds: float, extra: dict[str, Any] | None = None) -> WorkerOutputs:
     from .allocation import plots
 
     spec, ctx, db = env.spec, env.ctx, env.db
@@ -328,7 +422,7 @@ def write_outputs(env: SearchEnv, allocation: Allocation, rows: list[dict[str, A
     modules = {name: quant_format.module_entry(model.get_submodule(name), transposed=layer.transposed)
                for name, layer in zip(db.names, db.layers)}
     quant_config = {"method": db.method, "bits": None, "mixed_precision": True, "avg_bits": chosen["avg_bits"],
-                    "group_size": spec.levels.group_size, "symmetric": db.symmetric, "mse_clip": False,
+                    "group_size": spec.levels.group_size, "symmetric": db.symmetric, "mse_clip": spec.levels.mse_clip,
                     "scale_dtype": "float16", "modules": modules}
     model_meta = {"kind": "quantized-model", "format": quant_format.FORMAT, "method": f"search-{spec.method.type}",
                   "bits": None, "avg_bits": chosen["avg_bits"], "group_size": spec.levels.group_size,
@@ -337,8 +431,15 @@ def write_outputs(env: SearchEnv, allocation: Allocation, rows: list[dict[str, A
     model_dir = quant_format.save_quantized_model(model, ctx.output_path("model"), quant_config,
                                                   source_dir=env.model_dir, artifact_meta=model_meta)
 
-    report = {"summary": {"method": spec.method.type, "budget": spec.budget.model_dump(mode="json"),
-                          "seconds": seconds, "level_db": env.db_key},
+    best = best_baseline(rows, chosen["effective_bits_per_weight"])
+    summary = {"method": spec.method.type, "budget": spec.budget.model_dump(mode="json"), "seconds": seconds,
+               "level_db": env.db_key, "level_settings": spec.levels.model_dump(mode="json"), **(extra or {}),
+               "vs_uniform_pct": 100 * (chosen["test_token_ppl"] / uniform["test_token_ppl"] - 1),
+               "best_baseline": None if best is None else {
+                   "role": best["method"], "ref": best["ref"], "test_token_ppl": best["test_token_ppl"],
+                   "effective_bits_per_weight": best["effective_bits_per_weight"],
+                   "vs_best_baseline_pct": 100 * (chosen["test_token_ppl"] / best["test_token_ppl"] - 1)}}
+    report = {"summary": summary,
               "table": rows, "details": details, "allocation": layers,
               "levels": [{"name": layer.name, "shape": list(layer.shape),
                           "levels": [vars(lv) for lv in layer.levels]} for layer in db.layers]}
@@ -358,11 +459,14 @@ def write_outputs(env: SearchEnv, allocation: Allocation, rows: list[dict[str, A
                "uniform/test/token_ppl": uniform["test_token_ppl"], "uniform/kl": uniform["test_kl"],
                "seconds": seconds}
     for row in rows:
-        if row["method"] not in (chosen["method"], "uniform") and row["avg_bits"] is not None:
+        if row["method"] not in (chosen["method"], "uniform") and row["avg_bits"] is not None \
+                and not row["method"].startswith("baselines."):
             metrics[f"{row['method']}/test/token_ppl"] = row["test_token_ppl"]
             metrics[f"{row['method']}/kl"] = row["test_kl"]
         if row["method"] == "unquantized":
             metrics["unquantized/test/token_ppl"] = row["test_token_ppl"]
+    if best is not None:
+        metrics["best_baseline/test/token_ppl"] = best["test_token_ppl"]
     if "evaluations" in details:
         metrics["evaluations"] = float(details["evaluations"])
     ctx.log_metrics(metrics)

@@ -15,12 +15,17 @@ from .common import ArtifactRef, JobSpecBase, SearchCompute, StrictModel
 from .kinds import DATASET_KINDS, HF_MODEL_KINDS
 from .quantize import Bits, GPTQMethod, GroupSize, ModuleSelection, QuantMethod
 
+QUANTIZED_MODEL_KINDS: tuple[str, ...] = ("quantized-model",)  # baselines: bitsmith-format quantize outputs
+
 
 class SearchInputs(StrictModel):
     model: ArtifactRef = Field(..., description="Hugging Face causal-LM model artifact (unquantized)")
     calibration: ArtifactRef = Field(..., description=(
         "text dataset artifact: its calibration split calibrates and scores candidates, its test split is held out "
         "for the report"))
+    baselines: tuple[ArtifactRef, ...] = Field((), description=(
+        "quantized models of the same model (e.g. `quantize` outputs already in the store): the report scores "
+        "each on the same test chunks and names the best at or below the chosen allocation's effective bits"))
 
 
 # -- budgets ----------------------------------------------------------------------------------------
@@ -29,6 +34,15 @@ class AvgBitsBudget(StrictModel):
 
     type: Literal["avg_bits"] = "avg_bits"
     bits_per_weight: float = Field(..., gt=0, description="e.g. 3.0")
+
+
+class EffectiveBitsBudget(StrictModel):
+    """Average *stored* bits per weight over the searched layers: codes + scales + zero points (+ act-order
+    indices), as `quantize` reports `effective_bits_per_weight`; methods compare at equal stored size."""
+
+    type: Literal["effective_bits"] = "effective_bits"
+    bits_per_weight: float = Field(..., gt=0, description="e.g. 3.3 (3-bit codes with an fp16 scale and a "
+                                                          "3-bit zero point per 64 weights store 3.297)")
 
 
 class SizeBudget(StrictModel):
@@ -45,7 +59,7 @@ class QualityBudget(StrictModel):
     max_ppl_increase_pct: float = Field(..., gt=0, le=1000)
 
 
-Budget = Annotated[AvgBitsBudget | SizeBudget | QualityBudget, Field(discriminator="type")]
+Budget = Annotated[AvgBitsBudget | EffectiveBitsBudget | SizeBudget | QualityBudget, Field(discriminator="type")]
 
 
 # -- methods ----------------------------------------------------------------------------------------
@@ -152,9 +166,13 @@ class LevelsConfig(StrictModel):
     """The level database: every selected layer quantized at each width, from one Hessian per layer."""
 
     bits: tuple[Bits, ...] = Field((2, 3, 4, 5, 6, 8), description="candidate widths")
-    method: QuantMethod = GPTQMethod()
+    method: QuantMethod = Field(GPTQMethod(act_order=True, static_groups=True), description=(
+        "the per-layer quantizer; the default is the best `quantize` configuration measured (act-order with "
+        "static groups: no g_idx, so no extra storage)"))
     group_size: GroupSize = Field(128, description="input columns sharing a scale; null or -1: per-channel")
     symmetric: bool = False
+    mse_clip: bool = Field(True, description="search a clipped range minimising |W - Q(W)|^2.4 per group "
+                                             "(as `quantize`'s mse_clip)")
     sequences: int = Field(128, ge=1, description="calibration sequences for the layer Hessians")
     seq_len: int = Field(512, ge=8)
     batch_size: int = Field(8, ge=1)
@@ -168,6 +186,9 @@ class LevelsConfig(StrictModel):
 
 
 class ReportConfig(StrictModel):
+    uniform: Literal["quantize", "levels"] = Field("quantize", description=(
+        "how the uniform row is built: quantize: exactly as a `quantize` job with the level settings (GPTQ's "
+        "sequential loop; its spec is in the report); levels: every layer at one width of the level database"))
     test_seq_len: int = Field(128, ge=8, description="chunk length of the held-out (test split) evaluation")
     test_max_chunks: int | None = Field(64, ge=1)
     baseline_dp: bool = Field(True, description="also report the dp allocation (cheap: no extra quantization)")
@@ -176,7 +197,8 @@ class ReportConfig(StrictModel):
 
 
 class SearchSpec(JobSpecBase):
-    INPUT_KINDS: ClassVar[dict[str, tuple[str, ...]]] = {"model": HF_MODEL_KINDS, "calibration": DATASET_KINDS}
+    INPUT_KINDS: ClassVar[dict[str, tuple[str, ...]]] = {"model": HF_MODEL_KINDS, "calibration": DATASET_KINDS,
+                                                          "baselines": QUANTIZED_MODEL_KINDS}
 
     kind: Literal["search"] = "search"
     inputs: SearchInputs
@@ -199,7 +221,7 @@ class SearchSpec(JobSpecBase):
                                      f"one of levels.bits {list(bits)}")
         elif isinstance(budget, QualityBudget):
             raise ValueError(f"budget.type: a quality budget needs method bisect; method {self.method.type} "
-                             "takes avg_bits or size_bytes")
+                             "takes avg_bits, effective_bits or size_bytes")
         if isinstance(budget, AvgBitsBudget):
             if budget.bits_per_weight < bits[0]:
                 raise ValueError(f"budget.bits_per_weight: {budget.bits_per_weight} is below the smallest level "
@@ -208,4 +230,8 @@ class SearchSpec(JobSpecBase):
                 raise ValueError(f"budget.bits_per_weight: {budget.bits_per_weight} is above the largest level "
                                  f"({bits[-1]} bits), so there is nothing to search; expected "
                                  f"{bits[0]} <= bits_per_weight <= {bits[-1]}")
+        if isinstance(budget, EffectiveBitsBudget) and budget.bits_per_weight < bits[0]:
+            raise ValueError(f"budget.bits_per_weight: {budget.bits_per_weight} effective bits is below the smallest "
+                             f"level's codes alone ({bits[0]} bits); expected more than {bits[0]} (scales and zero "
+                             "points add to the codes)")
         return self

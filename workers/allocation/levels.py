@@ -3,7 +3,7 @@
 Built once per (model, calibration data, level settings) and stored as a derived artifact that every
 search, sweep and rerun on the same inputs reuses. Layout of the directory::
 
-    levels.json               {"bits", "method", "group_size", "symmetric", "layers": [
+    levels.json               {"bits", "method", "group_size", "symmetric", "mse_clip", "layers": [
                                  {"name", "block", "shape": [out, in], "numel", "transposed", "bias",
                                   "input_trace": Tr(H_in), "levels": [{"bits", "storage_bits",
                                   "effective_bits", "rel_error", "weight_sq_error", "act_order"}]}]}
@@ -20,6 +20,8 @@ import hashlib
 import json
 import logging
 import math
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,7 +123,7 @@ def write_level_db(directory: Path, cfg: LevelsConfig, layers: list[LayerLevels]
         save_tensors({k: v.contiguous() for k, v in tensors.items()}, _level_file(directory, bits),
                      metadata={"bits": str(bits)})
     doc = {"bits": list(cfg.bits), "method": cfg.method.model_dump(mode="json"),
-           "group_size": cfg.group_size, "symmetric": cfg.symmetric,
+           "group_size": cfg.group_size, "symmetric": cfg.symmetric, "mse_clip": cfg.mse_clip,
            "layers": [{"name": x.name, "block": x.block, "shape": list(x.shape), "numel": x.numel,
                        "transposed": x.transposed, "bias": x.bias, "group_size": x.group_size,
                        "input_trace": x.input_trace, "levels": [vars(lv) for lv in x.levels]} for x in layers]}
@@ -148,7 +150,7 @@ def quantize_levels(name: str, weight: Tensor, hessian: Tensor | None, cfg: Leve
     packed: dict[int, dict[str, Tensor]] = {}
     warnings: list[str] = []
     for bits in cfg.bits:
-        qw, warn = quantize_fn(weight, hessian, cfg.method, bits, group_size, cfg.symmetric, False)
+        qw, warn = quantize_fn(weight, hessian, cfg.method, bits, group_size, cfg.symmetric, cfg.mse_clip)
         warnings += [f"{bits} bits: {w}" for w in warn]
         layer = QuantizedLinear.from_quantized(qw)
         w_hat = qw.dequantize()
@@ -162,12 +164,18 @@ def quantize_levels(name: str, weight: Tensor, hessian: Tensor | None, cfg: Leve
     return levels, packed, warnings
 
 
-class LevelWeights:
-    """Packed level weights read lazily from the database files (a layer's level is read once)."""
+DENSE_CACHE_MAX_BYTES = 2 * 1024 ** 3  # dequantized level weights one `LevelWeights` keeps (least recently used out)
 
-    def __init__(self, db: LevelDB):
+
+class LevelWeights:
+    """Packed level weights read lazily from the database files; dequantized ones are kept (up to
+    `max_cache_bytes`, least recently used dropped first) so an allocation's layers are swapped in cheaply."""
+
+    def __init__(self, db: LevelDB, max_cache_bytes: int = DENSE_CACHE_MAX_BYTES):
         self.db = db
-        self._cache: dict[tuple[int, int], Tensor] = {}
+        self.max_cache_bytes = max_cache_bytes
+        self._cache: OrderedDict[tuple[int, int], Tensor] = OrderedDict()
+        self._cached_bytes = 0
 
     def packed_layer(self, index: int, level: int, bias: Tensor | None = None) -> QuantizedLinear:
         layer, lv = self.db.layers[index], self.db.layers[index].levels[level]
@@ -185,9 +193,17 @@ class LevelWeights:
     def dense(self, index: int, level: int) -> Tensor:
         """The dequantized [out, in] weight of one layer at one level (cached)."""
         key = (index, level)
-        if key not in self._cache:
-            self._cache[key] = self.packed_layer(index, level).dequantized_weight(torch.float32)
-        return self._cache[key]
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        weight = self.packed_layer(index, level).dequantized_weight(torch.float32)
+        size = weight.numel() * weight.element_size()
+        while self._cache and self._cached_bytes + size > self.max_cache_bytes:
+            _, dropped = self._cache.popitem(last=False)
+            self._cached_bytes -= dropped.numel() * dropped.element_size()
+        if size <= self.max_cache_bytes:
+            self._cache[key], self._cached_bytes = weight, self._cached_bytes + size
+        return weight
 
 
 class AllocationModel:
@@ -221,16 +237,19 @@ class AllocationModel:
 
 @torch.no_grad()
 def build_level_db(directory: Path, model: nn.Module, plans: dict[str, LayerPlan], batches: list[Tensor],
-                   cfg: LevelsConfig, meta: dict[str, Any], progress: Any = None) -> None:
+                   cfg: LevelsConfig, meta: dict[str, Any], progress: Any = None,
+                   seconds: dict[str, float] | None = None) -> None:
     """Quantize every planned layer at every width, block by block (one block's activations in memory).
 
     `plans` come from `calibration.plan_layers`; `batches` are the calibration token batches. Block k's
-    inputs are the outputs of the unquantized blocks before it (see the module docstring).
+    inputs are the outputs of the unquantized blocks before it (see the module docstring). `seconds`, if
+    given, receives "calibration" (forward passes and Hessians) and "quantize" (the levels themselves).
     """
     quantize_fn = method_for(cfg.method.type)
     device = torch.device("cpu")
     layers: list[LayerLevels] = []
     packed: dict[int, dict[str, Tensor]] = {b: {} for b in cfg.bits}
+    started, quantizing = time.perf_counter(), 0.0
     for k, block, calls in sequential_blocks(model, architecture_layout(model), batches, device):
         targets = block_layers(model, plans, k)
         hessians = collect_hessians(block, targets, calls, device)
@@ -238,7 +257,9 @@ def build_level_db(directory: Path, model: nn.Module, plans: dict[str, LayerPlan
             plan = plans[name]
             weight = dense_weight(module).detach().float().clone()
             hessian = hessians.get(name)
+            t0 = time.perf_counter()
             levels, tensors, warnings = quantize_levels(name, weight, hessian, cfg, plan.group_size, quantize_fn)
+            quantizing += time.perf_counter() - t0
             for w in warnings:
                 log.warning("%s: %s", name, w)
             for bits, t in tensors.items():
@@ -250,4 +271,6 @@ def build_level_db(directory: Path, model: nn.Module, plans: dict[str, LayerPlan
         hessians.clear()
         if progress is not None:
             progress.update(1, block=k)
+    if seconds is not None:
+        seconds.update(calibration=time.perf_counter() - started - quantizing, quantize=quantizing)
     write_level_db(directory, cfg, layers, packed, meta)

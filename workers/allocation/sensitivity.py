@@ -9,7 +9,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -44,8 +46,9 @@ def _weights(model: nn.Module, db: LevelDB) -> list[Tensor]:
 
 
 def loss_hessian_traces(model: nn.Module, db: LevelDB, batch: Tensor, method: HessianMethod,
-                        seed: int) -> tuple[list[float], int]:
-    """Hutchinson traces of the LM loss Hessian w.r.t. each searched layer's weights on `batch`."""
+                        seed: int, progress: Any = None) -> tuple[list[float], int]:
+    """Hutchinson traces of the LM loss Hessian w.r.t. each searched layer's weights on `batch` (one
+    `progress.update` per probe)."""
     params = _weights(model, db)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -57,7 +60,10 @@ def loss_hessian_traces(model: nn.Module, db: LevelDB, batch: Tensor, method: He
             grads = torch.autograd.grad(_lm_loss(model, batch), params, create_graph=True)
 
             def hvp(vs: list[Tensor]) -> list[Tensor]:
-                return list(torch.autograd.grad(grads, params, grad_outputs=vs, retain_graph=True))
+                out = list(torch.autograd.grad(grads, params, grad_outputs=vs, retain_graph=True))
+                if progress is not None:
+                    progress.update(1)
+                return out
 
             cfg = method.hutchinson
             traces, samples = hutchinson_traces(hvp, params, rel_tol=cfg.rel_tol, min_samples=cfg.samples_min,
@@ -70,7 +76,7 @@ def loss_hessian_traces(model: nn.Module, db: LevelDB, batch: Tensor, method: He
     return traces, samples
 
 
-def fisher_losses(model: nn.Module, db: LevelDB, batch: Tensor) -> Losses:
+def fisher_losses(model: nn.Module, db: LevelDB, batch: Tensor, progress: Any = None) -> Losses:
     """½ Σ F ⊙ (Ŵ_l - W)² per layer and level, F = mean over sequences of the squared loss gradient."""
     params = _weights(model, db)
     for p in model.parameters():
@@ -83,6 +89,8 @@ def fisher_losses(model: nn.Module, db: LevelDB, batch: Tensor) -> Losses:
             grads = torch.autograd.grad(_lm_loss(model, row[None]), params)
             for f, g in zip(fisher, grads):
                 f.add_(g.detach() ** 2, alpha=1.0 / batch.shape[0])
+            if progress is not None:
+                progress.update(1)
     finally:
         for p in params:
             p.requires_grad_(False)
@@ -96,12 +104,25 @@ def fisher_losses(model: nn.Module, db: LevelDB, batch: Tensor) -> Losses:
 
 
 def sensitivities(method: HessianMethod, db: LevelDB, model_loader: Callable[[], nn.Module],
-                  batch: Callable[[], Tensor], seed: int) -> tuple[Losses, dict[str, float]]:
-    """The losses the knapsack minimises, and details for the report."""
+                  batch: Callable[[], Tensor], seed: int, progress: Callable[..., Any] | None = None
+                  ) -> tuple[Losses, dict[str, float]]:
+    """The losses the knapsack minimises, and details for the report (`progress(total=, desc=)` makes a bar
+    for the probes or sequences)."""
     if method.sensitivity == "input_trace":
         return from_traces(db, input_traces(db)), {}
     model = model_loader()
     if method.sensitivity == "hutchinson":
-        traces, samples = loss_hessian_traces(model, db, batch(), method, seed)
+        with _bar(progress, method.hutchinson.samples_max, "hutchinson probes") as bar:
+            traces, samples = loss_hessian_traces(model, db, batch(), method, seed, bar)
         return from_traces(db, traces), {"hutchinson_samples": float(samples)}
-    return fisher_losses(model, db, batch()), {}
+    with _bar(progress, method.gradient_sequences, "fisher sequences") as bar:
+        return fisher_losses(model, db, batch(), bar), {}
+
+
+@contextmanager
+def _bar(progress: Callable[..., Any] | None, total: int, desc: str) -> Iterator[Any]:
+    if progress is None:
+        yield None
+        return
+    with progress(total=total, desc=desc) as bar:
+        yield bar
