@@ -4,7 +4,8 @@
 latest attempt that logged any; NaN stored as NULL), backfilled here from `metrics` and kept up to date by the
 store in the same transaction as metric logging; its (key, value, run_id) index makes sorting and filtering
 runs by a metric an index scan. The edge tables get (digest, run_id, role) indexes in place of the plain
-digest ones, so "what consumed X" and "what made X" are index-only lookups (by run, the primary keys serve).
+digest ones, so "what consumed X" and "what made X" are index-only lookups (by run, the primary keys serve);
+(kind|status, created_at) indexes let filtered listings walk in order.
 
 Revision ID: 0007
 Revises: 0006
@@ -38,6 +39,11 @@ FROM (
 WHERE rank = 1
 """
 
+# Filtered listings, newest first, walk these in order instead of sorting every match.
+LISTING_INDEXES = (("ix_runs_kind_created_at", "runs", ["kind", "created_at", "id"]),
+                   ("ix_runs_status_created_at", "runs", ["status", "created_at", "id"]),
+                   ("ix_artifacts_kind_created_at", "artifacts", ["kind", "created_at", "digest"]))
+
 
 def upgrade() -> None:
     op.create_table(
@@ -57,9 +63,13 @@ def upgrade() -> None:
     for table in ("run_inputs", "run_outputs"):
         op.drop_index(f"ix_{table}_digest", table_name=table)
         op.create_index(f"ix_{table}_digest_run_id", table, ["digest", "run_id", "role"])
+    for name, table, columns in LISTING_INDEXES:
+        op.create_index(name, table, columns)
 
 
 def downgrade() -> None:
+    for name, table, _ in LISTING_INDEXES:
+        op.drop_index(name, table_name=table)
     for table in ("run_inputs", "run_outputs"):
         op.drop_index(f"ix_{table}_digest_run_id", table_name=table)
         op.create_index(f"ix_{table}_digest", table, ["digest"])

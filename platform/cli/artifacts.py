@@ -9,6 +9,7 @@ from .common import (emit_json, fitted_table, fmt_bytes, fmt_time, info, json_op
                      settings_from, short, stdout_console)
 
 META_CHARS = 40  # of the metadata summary in `artifacts list` and `find`
+SHOWN_CONSUMERS = 50  # `artifacts show` lists this many consumers and counts the rest
 
 
 @click.group()
@@ -80,22 +81,26 @@ def show_artifact(ctx: click.Context, ref: str, verify: bool, as_json: bool) -> 
 
     from .. import store
     from ..artifacts import verify_stored
+    from ..store.artifacts import count_consumers
 
     db = open_db(ctx)
     a = store.resolve_artifact_ref(db, ref)
-    consumers = store.artifact_consumers(db, a.digest)
+    consumers = store.artifact_consumers(db, a.digest, limit=SHOWN_CONSUMERS)
+    total = count_consumers(db, a.digest) if len(consumers) == SHOWN_CONSUMERS else len(consumers)
     if verify:
         verify_stored(settings_from(ctx).artifact_root, a.digest, a.digest_version)
         info(f"verified: stored bytes hash to {a.digest[:12]}")
     if as_json:
-        emit_json({"artifact": a, "consumers": consumers})
+        emit_json({"artifact": a, "consumers": consumers, "consumers_total": total})
         return
     con = stdout_console()
     con.print(f"[bold]artifact {a.digest}[/]")
     for k, v in (("kind", a.kind), ("name", a.name or "-"), ("size", fmt_bytes(a.size_bytes)),
                  ("directory", str(a.is_dir)), ("uri", a.uri), ("producer", a.producer_run_id or "import"),
                  ("created", fmt_time(a.created_at)),
-                 ("consumers", ", ".join(f"{short(e.run_id, 10)}({e.role})" for e in consumers) or "-")):
+                 ("consumers", ", ".join(f"{short(e.run_id, 10)}({e.role})" for e in consumers)
+                  + (f" and {total - len(consumers)} more (bitsmith lineage {a.digest[:12]} --down)"
+                     if total > len(consumers) else "") or "-")):
         con.print(f"  [dim]{k:>10}[/] {literal(v)}")
     meta = json.dumps(a.metadata, indent=2, sort_keys=True).replace("\n", "\n  ")
     con.print("  [dim]  metadata[/] " + literal(meta, keep_newlines=True))

@@ -267,10 +267,18 @@ def find_artifacts(db: Database, *, kind: str | None = None, where: Iterable[str
         return [artifact_from_row(r) for r in conn.execute(query)]
 
 
-def artifact_consumers(db: Database, digest: str) -> list[RunArtifactEdge]:
-    """The runs that took artifact `digest` as an input."""
+def artifact_consumers(db: Database, digest: str, limit: int | None = None) -> list[RunArtifactEdge]:
+    """The runs that took artifact `digest` as an input (the first `limit` by run id, if given)."""
     t = run_inputs_t
+    query = select(t.c.run_id, t.c.digest, t.c.role).where(t.c.digest == digest).order_by(t.c.run_id, t.c.role)
+    if limit is not None:
+        query = query.limit(limit)
     with db.transaction() as conn:
-        rows = conn.execute(select(t.c.run_id, t.c.digest, t.c.role).where(t.c.digest == digest)
-                            .order_by(t.c.run_id, t.c.role))
-        return [RunArtifactEdge(run_id=r, digest=d, role=role, direction="input") for r, d, role in rows]
+        return [RunArtifactEdge(run_id=r, digest=d, role=role, direction="input") for r, d, role in conn.execute(query)]
+
+
+def count_consumers(db: Database, digest: str) -> int:
+    """How many input edges name artifact `digest` (an index-only count)."""
+    with db.transaction() as conn:
+        return conn.execute(select(func.count()).select_from(run_inputs_t).where(run_inputs_t.c.digest == digest)
+                            ).scalar_one()

@@ -72,6 +72,9 @@ class Sweep(Base):
 
 class Run(Base):
     __tablename__ = "runs"
+    # Listings filtered by kind or status, newest first, walk these in order (store.queries).
+    __table_args__ = (Index("ix_runs_kind_created_at", "kind", "created_at", "id"),
+                      Index("ix_runs_status_created_at", "status", "created_at", "id"))
 
     id: Mapped[str] = mapped_column(ID, primary_key=True)
     kind: Mapped[str] = mapped_column(String(32), nullable=False, index=True)
@@ -111,6 +114,8 @@ class Run(Base):
 
 class Artifact(Base):
     __tablename__ = "artifacts"
+    # `artifacts find --kind K`, newest first, walks this in order (store.queries).
+    __table_args__ = (Index("ix_artifacts_kind_created_at", "kind", "created_at", "digest"),)
 
     digest: Mapped[str] = mapped_column(DIGEST, primary_key=True)
     kind: Mapped[str] = mapped_column(String(64), nullable=False, index=True)

@@ -78,6 +78,8 @@ def test_artifacts_find_and_lineage_are_bounded(cli, filled):
     tree = cli("lineage", "base", "--down", "--limit", "10")
     assert "13 more descendants" in tree.err and _next_cursor(tree.err)
     assert "base" in cli("lineage", f"run:{filled[0]}").out  # up from a run: its input
+    shown = cli("artifacts", "show", "base", "--json").json()
+    assert shown["consumers_total"] == len(shown["consumers"]) == 23
 
 
 @pytest.mark.parametrize("args, named", [

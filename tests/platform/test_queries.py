@@ -252,3 +252,13 @@ def test_lineage_page_collapses_siblings_and_pages_the_root(db):
                                                          siblings=5).next_cursor)
     with pytest.raises(UsageError, match="--limit"):
         queries.lineage_page(db, digest=base.digest, siblings=0)
+
+
+def test_artifact_consumers_are_bounded_and_counted(db):
+    from bitsmith.platform.store import artifact_consumers
+    from bitsmith.platform.store.artifacts import count_consumers
+
+    base = _hub(db, 7)
+    first = artifact_consumers(db, base.digest, limit=3)
+    assert len(first) == 3 and [e.run_id for e in first] == [e.run_id for e in artifact_consumers(db, base.digest)][:3]
+    assert count_consumers(db, base.digest) == 7
