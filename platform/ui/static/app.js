@@ -254,8 +254,9 @@
     }
     for (const n of view.nodes) {
       const fill = {run: "#e8f0fe", artifact: "#fef7e0", more: "#eeeeee"}[n.kind];
-      const label = n.label.length > 40 ? `${n.label.slice(0, 39)}…` : n.label;
-      const g = s("g", {class: `node node-${n.kind}`, "data-id": n.id, "data-kind": n.kind, "data-ref": n.ref},
+      const label = n.label.length > 38 ? `${n.label.slice(0, 37)}…` : n.label;
+      const g = s("g", {class: `node node-${n.kind}`, "data-id": n.id, "data-kind": n.kind, "data-ref": n.ref,
+                        "data-root": n.root ? "1" : null},
                   s("rect", {x: n.x, y: n.y, width: NODE_W, height: NODE_H, rx: n.kind === "run" ? 4 : 18, fill,
                              stroke: n.root ? "#d0452f" : "#6b7280"}),
                   s("text", {x: n.x + 8, y: n.y + 16, "font-size": 11}, label),
