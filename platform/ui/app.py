@@ -115,10 +115,11 @@ def _api_routes(app: FastAPI, db: Any, settings: Any, access: Access) -> None:
     @app.get("/api/artifacts", tags=["artifacts"])
     def artifacts(kind: str | None = None,
                   where: list[str] = Query([], description="FIELD OP VALUE filters, e.g. 'meta.bits<=4'"),
-                  limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=1 << 31)) -> dict[str, Any]:
-        """Artifacts matching every `where` filter (the CLI's --where language), newest first."""
+                  limit: int = Query(50, ge=1, le=500), cursor: str | None = None) -> dict[str, Any]:
+        """Artifacts matching every `where` filter (the CLI's --where language), newest first; pass
+        `next_cursor` back as `cursor` for the next page."""
         _checked_filters([], where)
-        return views.artifacts_page(db, kind=kind or None, where=where, limit=limit, offset=offset)
+        return views.artifacts_page(db, kind=kind or None, where=where, limit=limit, cursor=cursor or None)
 
     @app.get("/api/artifacts/{ref}", tags=["artifacts"])
     def artifact(ref: str) -> dict[str, Any]:

@@ -9,9 +9,11 @@ from typing import Any
 from .. import store
 from ..errors import UsageError
 from ..lineage import artifact_label, children, run_label, to_dot, to_mermaid
+from ..store.lineage import lineage_page
 
 COL_W, ROW_H, NODE_W, NODE_H = 300, 56, 250, 38
 MAX_DEPTH = 12
+LEVEL_LIMIT = 500  # new nodes per level of the walk (the store counts the rest as collapsed)
 
 
 def _root(db: Any, run: str | None, artifact: str | None) -> tuple[str, str]:
@@ -36,14 +38,18 @@ def lineage_graph(db: Any, *, run: str | None = None, artifact: str | None = Non
     groups: list[dict[str, Any]] = []
     graphs = []
     for down in ([False, True] if direction == "both" else [direction == "down"]):
-        graph = store.lineage(db, direction="down" if down else "up", max_depth=depth, **kw)
+        # bounded in the store: at most `collapse` children per node, the rest only counted
+        page = lineage_page(db, direction="down" if down else "up", max_depth=depth, siblings=collapse,
+                            level_limit=LEVEL_LIMIT, **kw)
+        graph = page.graph
         graphs.append(graph)
         frontier, sign = [root], (1 if down else -1)
         for level in range(1, depth + 1):
             nxt = []
             for node in frontier:
                 kids = [(k, i, role) for k, i, role in children(graph, node, down)]
-                shown, hidden = kids[:collapse], kids[collapse:]
+                shown = kids[:collapse]
+                hidden = len(kids) - len(shown) + page.collapsed.get(_nid(node), 0)
                 for kind, ident, role in shown:
                     child = (kind, ident)
                     edges.add((child, node, role) if not down else (node, child, role))
@@ -52,9 +58,9 @@ def lineage_graph(db: Any, *, run: str | None = None, artifact: str | None = Non
                         nxt.append(child)
                 if hidden:
                     gid = ("more", f"{node[1][:16]}-{'d' if down else 'u'}")
-                    nodes[gid] = {"level": sign * level, "count": len(hidden)}
+                    nodes[gid] = {"level": sign * level, "count": hidden}
                     edges.add((gid, node, "") if not down else (node, gid, ""))
-                    groups.append({"id": _nid(gid), "parent": _nid(node), "count": len(hidden),
+                    groups.append({"id": _nid(gid), "parent": _nid(node), "count": hidden,
                                    "direction": "down" if down else "up"})
             frontier = nxt
     runs = {k: v for g in graphs for k, v in g.runs.items()}
@@ -123,7 +129,8 @@ def export(db: Any, fmt: str, **kw: Any) -> tuple[str, str]:
     shown = {(n["kind"], n["ref"]) for n in view["nodes"]}
     root = view["root"]
     rkw = {"run_id": root["id"]} if root["kind"] == "run" else {"digest": root["id"]}
-    graphs = [store.lineage(db, direction=d, max_depth=view["depth"], **rkw)
+    graphs = [lineage_page(db, direction=d, max_depth=view["depth"], siblings=view["collapse"],
+                           level_limit=LEVEL_LIMIT, **rkw).graph
               for d in (["up", "down"] if view["direction"] == "both" else [view["direction"]])]
     merged = replace(graphs[0], runs={k: v for g in graphs for k, v in g.runs.items() if ("run", k) in shown},
                      artifacts={k: v for g in graphs for k, v in g.artifacts.items() if ("artifact", k) in shown},

@@ -165,21 +165,12 @@ def artifact_brief(a: Any) -> dict[str, Any]:
                      "created_at": a.created_at})
 
 
-def artifacts_page(db: Any, *, kind: str | None, where: list[str], limit: int, offset: int) -> dict[str, Any]:
-    """Artifacts matching the `--where` filters, newest first, one page (`limit` + 1 read to know if more)."""
-    if not 1 <= limit <= 500 or offset < 0:
-        raise UsageError(f"limit {limit}, offset {offset}: expected a limit of 1 to 500 and an offset >= 0")
-    try:
-        from ..store import queries
-    except ImportError:
-        queries = None
-    if queries is not None and hasattr(queries, "find_artifacts_page"):
-        page = queries.find_artifacts_page(db, kind=kind, where=where, limit=limit, offset=offset)
-        return {"rows": [artifact_brief(a) for a in page.rows], "next_offset": page.next_offset}
-    found = store.find_artifacts(db, kind=kind, where=where, limit=offset + limit + 1)
-    rows = found[offset:offset + limit]
-    return {"rows": [artifact_brief(a) for a in rows],
-            "next_offset": offset + limit if len(found) > offset + limit else None}
+def artifacts_page(db: Any, *, kind: str | None, where: list[str], limit: int, cursor: str | None) -> dict[str, Any]:
+    """One keyset page of the artifacts matching the `--where` filters, newest first (the store's paged query)."""
+    from ..store import queries
+
+    page = queries.find_artifacts(db, kind=kind, where=where, limit=limit, cursor=cursor)
+    return {"rows": [artifact_brief(a) for a in page.rows], "next_cursor": page.next_cursor}
 
 
 def artifact_page(db: Any, ref: str) -> dict[str, Any]:

@@ -92,8 +92,12 @@ def test_sweep_page_marks_the_pareto_front(ui_store, ui_db) -> None:
 
 
 def test_artifacts_and_compare(ui_store, ui_db) -> None:
-    rows = views.artifacts_page(ui_db, kind="result", where=[], limit=500, offset=0)["rows"]
+    rows = views.artifacts_page(ui_db, kind="result", where=[], limit=500, cursor=None)["rows"]
     assert ui_store.result_digest in {a["digest"] for a in rows}
+    first = views.artifacts_page(ui_db, kind=None, where=[], limit=2, cursor=None)
+    second = views.artifacts_page(ui_db, kind=None, where=[], limit=500, cursor=first["next_cursor"])
+    every = views.artifacts_page(ui_db, kind=None, where=[], limit=500, cursor=None)["rows"]
+    assert [a["digest"] for a in first["rows"] + second["rows"]] == [a["digest"] for a in every]
     page = views.artifact_page(ui_db, ui_store.result_digest[:12])
     assert page["producer"]["id"] == ui_store.hostile_run
     assert {"run_id": ui_store.consumer_run, "role": "data"} in page["consumers"]

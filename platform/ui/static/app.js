@@ -464,7 +464,6 @@
 
   async function pageArtifacts() {
     const p = new URLSearchParams(location.search);
-    const offset = Number(p.get("offset") || 0);
     const form = h("form", {class: "filters"},
       h("label", {}, "kind", h("input", {name: "kind", size: 10, value: p.get("kind") || ""})),
       h("label", {}, "where (; between), e.g. meta.bits<=4; size_bytes>1000",
@@ -480,11 +479,13 @@
     const holder = h("div");
     app.replaceChildren(...kids(h("h1", {}, "Artifacts"), form, holder));
     try {
-      const d = await api("/api/artifacts", {kind: p.get("kind"), where: p.getAll("where"), offset, limit: 50});
-      const next = new URLSearchParams(location.search); next.set("offset", d.next_offset);
+      const d = await api("/api/artifacts", {kind: p.get("kind"), where: p.getAll("where"), cursor: p.get("cursor"), limit: 50});
+      const next = new URLSearchParams(location.search); if (d.next_cursor) next.set("cursor", d.next_cursor);
+      const first = new URLSearchParams(location.search); first.delete("cursor");
       holder.append(...kids(table(["digest", "kind", "name", "size", "producer", "created"], d.rows.map((a) =>
         [artLink(a.digest), a.kind, a.name || "—", fmtBytes(a.size_bytes), a.producer_run_id ? runLink(a.producer_run_id) : "—", fmtTime(a.created_at)]), {id: "artifacts"}),
-        h("div", {class: "pager"}, d.next_offset !== null ? h("a", {href: `?${next}`}, "next page »") : h("span", {class: "muted"}, "last page"))));
+        h("div", {class: "pager"}, p.get("cursor") ? h("a", {href: `?${first}`}, "« first page") : null,
+          d.next_cursor ? h("a", {href: `?${next}`, id: "next-page"}, "next page »") : h("span", {class: "muted"}, "last page"))));
     } catch (e) { showError(holder, e); }
   }
 
