@@ -6,8 +6,9 @@ In one run, on one fresh SQLite store and the same number of CPUs:
   * reference: N other queued runs executed as plain Ray tasks (`execute_run`, the same task body the dispatcher
     uses), all submitted at once from this process; jobs/s and the Ray head's (gcs_server + raylet) peak RSS;
   * dispatcher: `python -m bitsmith.platform.scheduler.dispatcher` started on the N queued runs, drained to the
-    end; jobs/s, the dispatcher's peak RSS and its Ray head's RSS when it started draining and at peak
-    (flat while jobs wait: the queue lives in the store, Ray only holds the runs in flight).
+    end (timed from its first heartbeat, as the reference is timed after `ray.init`); jobs/s, the dispatcher's
+    peak RSS and its Ray head's RSS at 10/50/90 % of the drain and at peak (the queue lives in the store; Ray
+    only holds the runs in flight).
 Prints a table and writes `benchmarks/results/queue_bench.json`.
 
     python benchmarks/queue_bench.py [--jobs 10000] [--cpus 2]
@@ -38,6 +39,7 @@ class RssSampler:
         self.root, self.every_s = root, every_s
         self.peak_head = self.peak_root = 0
         self.first_head: int | None = None
+        self.heads: list[tuple[float, int]] = []   # (monotonic time, Ray head RSS)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
@@ -66,8 +68,14 @@ class RssSampler:
             head, own = self.sample()
             if head and self.first_head is None:
                 self.first_head = head
+            if head:
+                self.heads.append((time.perf_counter(), head))
             self.peak_head, self.peak_root = max(self.peak_head, head), max(self.peak_root, own)
             self.stop.wait(self.every_s)
+
+    def head_at(self, t: float) -> int:
+        """The Ray head's RSS at the sample nearest to time `t` (perf_counter)."""
+        return min(self.heads, key=lambda s: abs(s[0] - t))[1] if self.heads else 0
 
     def __enter__(self) -> "RssSampler":
         self.thread.start()
@@ -118,20 +126,23 @@ def plain_ray(settings, run_ids: list[str], cpus: int) -> dict:
             submitted = time.perf_counter() - started
             statuses = ray.get(refs)
             took = time.perf_counter() - started
+            at = {f"head_rss_at_{p}pct_mib": rss.head_at(started + took * p / 100) / 2**20 for p in (10, 50, 90)}
     finally:
         ray.shutdown()
     return {"seconds": took, "submit_seconds": submitted, "jobs_per_s": len(run_ids) / took,
-            "succeeded": statuses.count("succeeded"), "head_peak_rss_mib": rss.peak_head / 2**20}
+            "succeeded": statuses.count("succeeded"), **at, "head_peak_rss_mib": rss.peak_head / 2**20}
 
 
 def dispatcher(settings, db, run_ids: list[str], cpus: int) -> dict:
+    from bitsmith.platform.store import queue
+
     env = {**os.environ, **settings.env()}
     log = open(settings.home / "dispatcher.log", "ab")
     proc = subprocess.Popen([sys.executable, "-m", "bitsmith.platform.scheduler.dispatcher", "--num-cpus", str(cpus)],
                             env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
     try:
         with RssSampler(proc.pid) as rss:
-            while not rss.first_head:  # Ray is up: time the drain from here
+            while not (record := queue.get_dispatcher(db)) or not record.state:  # serving: time the drain from here
                 time.sleep(0.05)
                 if proc.poll() is not None:
                     raise SystemExit(f"the dispatcher exited {proc.returncode}; see {settings.home}/dispatcher.log")
@@ -145,9 +156,9 @@ def dispatcher(settings, db, run_ids: list[str], cpus: int) -> dict:
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+    at = {f"head_rss_at_{p}pct_of_drain_mib": rss.head_at(started + took * p / 100) / 2**20 for p in (10, 50, 90)}
     return {"seconds": took, "jobs_per_s": len(run_ids) / took, "succeeded": counts.get("succeeded", 0),
-            "dispatcher_peak_rss_mib": rss.peak_root / 2**20, "head_rss_at_start_mib": rss.first_head / 2**20,
-            "head_peak_rss_mib": rss.peak_head / 2**20}
+            "dispatcher_peak_rss_mib": rss.peak_root / 2**20, **at, "head_peak_rss_mib": rss.peak_head / 2**20}
 
 
 def main() -> None:
@@ -175,14 +186,16 @@ def main() -> None:
               "drain_ratio_vs_plain_ray": disp["jobs_per_s"] / ref["jobs_per_s"]}
     rows = [("queue N runs (store)", f"{queue_s:.2f} s", f"{args.jobs / queue_s:,.0f}", "-", "-"),
             ("plain Ray tasks", f"{ref['seconds']:.1f} s", f"{ref['jobs_per_s']:.1f}", "-",
-             f"{ref['head_peak_rss_mib']:.0f}"),
+             "/".join(f"{ref[f'head_rss_at_{p}pct_mib']:.0f}" for p in (10, 50, 90))
+             + f" (peak {ref['head_peak_rss_mib']:.0f})"),
             ("through the dispatcher", f"{disp['seconds']:.1f} s", f"{disp['jobs_per_s']:.1f}",
              f"{disp['dispatcher_peak_rss_mib']:.0f}",
-             f"{disp['head_rss_at_start_mib']:.0f} -> {disp['head_peak_rss_mib']:.0f}")]
+             "/".join(f"{disp[f'head_rss_at_{p}pct_of_drain_mib']:.0f}" for p in (10, 50, 90))
+             + f" (peak {disp['head_peak_rss_mib']:.0f})")]
     print(f"{args.jobs} no-op jobs, {args.cpus} CPUs")
-    print(f"{'':<24} {'time':>10} {'jobs/s':>10} {'dispatcher MiB':>15} {'Ray head MiB':>14}")
+    print(f"{'':<24} {'time':>10} {'jobs/s':>10} {'dispatcher MiB':>15} {'Ray head MiB at 10/50/90% of the drain':>40}")
     for row in rows:
-        print(f"{row[0]:<24} {row[1]:>10} {row[2]:>10} {row[3]:>15} {row[4]:>14}")
+        print(f"{row[0]:<24} {row[1]:>10} {row[2]:>10} {row[3]:>15} {row[4]:>40}")
     print(f"drain throughput through the dispatcher / plain Ray: {result['drain_ratio_vs_plain_ray']:.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
