@@ -56,13 +56,17 @@ def run_sweep(sweep_id: str, settings: Settings, *, executor: str = "ray", no_ca
     for outcome in store.recover_expired(db, run_ids=record.run_ids):
         log.warning("sweep %s: child %s: %s", record.id[:10], outcome.run.id[:10], outcome.reason)
     if detach:
-        if RUNNERS[type(sweep.strategy)] is not _EXPANDED or executor != "ray":
-            raise UsageError(f"sweep {record.id}: --detach queues the children of a grid, zip or random sweep on the "
-                             f"ray executor; expected one (this is a {sweep.strategy.type} sweep on {executor}); "
-                             "run it without --detach")
+        check_detachable(sweep, executor, f"sweep {record.id}")
         return run_expanded_sweep(record.id, settings, executor=executor, no_cache=no_cache, detach=True)
     return RUNNERS[type(sweep.strategy)].run(record.id, settings, executor=executor, no_cache=no_cache,
                                              on_finish=on_finish)
+
+
+def check_detachable(sweep: SweepSpec, executor: str, where: str) -> None:
+    """Only the children of an expanded sweep on the Ray executor can be queued for the dispatcher (--detach)."""
+    if RUNNERS[type(sweep.strategy)] is not _EXPANDED or executor != "ray":
+        raise UsageError(f"{where}: --detach queues the children of a grid, zip or random sweep on the ray executor; "
+                         f"expected one (this is a {sweep.strategy.type} sweep on {executor}); run it without --detach")
 
 
 def describe_plan(sweep: SweepSpec, children: int) -> str:
