@@ -1,10 +1,12 @@
 """GGUF export (llama.cpp's format) of a bitsmith-quantized Llama-family model, written with the `gguf` package.
 
-Codes are copied, not requantized, where the block types agree with the layer's layout (groups a multiple
-of 32 columns, no act-order g_idx): symmetric 4-bit -> Q4_0 (x = d*(q-8)), asymmetric 4-bit -> Q4_1
+Codes are copied, not requantized, where a block type holds the layer's layout (groups a multiple of 32
+columns, no act-order g_idx): symmetric 2/3/4-bit -> Q4_0 (x = d*(q-8)), asymmetric 2/3/4-bit -> Q4_1
 (x = d*q + m with m = -d*zero stored in fp16; exact when that product is an fp16 value, which `quantize`'s
-`layout: gguf` guarantees), symmetric 8-bit -> Q8_0 (x = d*(q-128)). Every other layer is requantized from
-its dequantized weight with the gguf package's reference quantizer (smallest type with at least its bits).
+`layout: gguf` guarantees), symmetric 5/6/8-bit -> Q8_0 (x = d*q). 2/3-bit codes thus take 4-bit blocks (GGUF's
+2/3-bit types are 256-weight super-blocks with quantized sub-scales, another layout). Every other layer
+(asymmetric 5/6/8-bit, act-order, other group sizes) is requantized from its dequantized weight with the gguf
+package's reference quantizer (Q5_1 for 5 bits, else Q8_0).
 Each tensor is then decoded with gguf's own dequantizer and compared with bitsmith's weight: the metadata
 lists per tensor its type, how it was made and whether it is exact (max |diff|). One type per tensor, so a
 mixed-precision search keeps its per-layer widths where GGUF has them.
@@ -51,8 +53,9 @@ def _nibbles(codes: np.ndarray) -> np.ndarray:
 
 
 def encode_codes(layer: Any, rows: np.ndarray, qtype_name: str) -> np.ndarray | None:
-    """The layer's own codes in GGUF blocks [out, n_blocks * type_size] (rows reordered), or None when the
-    layer's layout is not `qtype_name`'s."""
+    """The layer's own codes in GGUF blocks [out, n_blocks * type_size] (rows reordered), or None when its
+    groups are not whole 32-column blocks. Narrower codes sit inside the wider block type unchanged in value:
+    a symmetric b-bit code c is Q4_0's q = c + 8 - 2**(b-1) (Q8_0's c - 2**(b-1)), an asymmetric one is Q4_1's q."""
     qw = layer.unpacked()
     if qw.g_idx is not None or layer.group_size % BLOCK:
         return None
@@ -62,32 +65,28 @@ def encode_codes(layer: Any, rows: np.ndarray, qtype_name: str) -> np.ndarray | 
     s = qw.scales[rows][:, per_block]  # fp16 [out, NB]
     z = qw.zeros[rows][:, per_block]
     codes = codes.reshape(out, n_in // BLOCK, BLOCK)
+    mid = 2 ** (layer.bits - 1)
     if qtype_name == "Q4_0":
-        parts = [_fp16_bytes(s), _nibbles(codes)]
+        parts = [_fp16_bytes(s), _nibbles(codes + 8 - mid)]
     elif qtype_name == "Q4_1":
         m = -(s.float() * z.float())  # exact in fp32 (11 + 4 significant bits); exact in fp16 only if it fits
         parts = [_fp16_bytes(s), _fp16_bytes(m), _nibbles(codes)]
     elif qtype_name == "Q8_0":
-        parts = [_fp16_bytes(s), (codes - 128).astype(np.int8).view(np.uint8)]
+        parts = [_fp16_bytes(s), (codes - mid).astype(np.int8).view(np.uint8)]
     else:
         return None
     return np.concatenate(parts, axis=-1).reshape(out, -1)
 
 
 def _code_type(layer: Any) -> str | None:
-    if layer.bits == 4:
+    """The block type that holds the layer's codes as they are (None: requantize)."""
+    if layer.bits <= 4:
         return "Q4_0" if layer.symmetric else "Q4_1"
-    if layer.bits == 8 and layer.symmetric:
-        return "Q8_0"
-    return None
+    return "Q8_0" if layer.symmetric else None
 
 
 def _requant_type(layer: Any) -> str:
-    if layer.bits <= 4:
-        return "Q4_0" if layer.symmetric else "Q4_1"
-    if layer.bits == 5:
-        return "Q5_0" if layer.symmetric else "Q5_1"
-    return "Q8_0"
+    return "Q5_1" if layer.bits == 5 else "Q8_0"
 
 
 class _Arch:
@@ -222,8 +221,8 @@ def write_gguf(path: Path, out_file: Path, float_type: str = "f32") -> ExportRes
         "tensors": tensors}
     if requantized:
         meta["note"] = (f"{len(requantized)} of {len(tensors)} quantized layers have a layout no GGUF block type "
-                        "stores (bits, group size, symmetry or act-order); they were requantized from their "
-                        "dequantized weights with the gguf package's reference quantizer")
+                        "stores (asymmetric 5/6/8-bit, act-order, or groups not a multiple of 32); they were "
+                        "requantized from their dequantized weights with the gguf package's reference quantizer")
     return ExportResult(out_file, stored_bits=stored, quantized_bits=quantized, metadata=meta)
 
 

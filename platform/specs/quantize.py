@@ -109,9 +109,10 @@ class QuantizeSpec(JobSpecBase):
     overrides: dict[Regex, LayerOverride] = Field(
         default_factory=dict, description="module name, or regex matched in full, -> {bits, group_size}")
     layout: Literal["bitsmith", "gguf"] = Field(
-        "bitsmith", description="gguf: produce exactly GGUF's blocks (4-bit -> Q4_0 symmetric / Q4_1 asymmetric, "
-                                "symmetric 8-bit -> Q8_0; groups a multiple of 32): asymmetric scales are rounded "
-                                "so Q4_1's fp16 minimum is exact, before GPTQ's error feedback sees them")
+        "bitsmith", description="gguf: produce exactly GGUF's blocks (2/3/4-bit -> Q4_0 symmetric / Q4_1 "
+                                "asymmetric, symmetric 5/6/8-bit -> Q8_0; groups a multiple of 32): asymmetric "
+                                "scales are rounded so Q4_1's fp16 minimum is exact, before GPTQ's error "
+                                "feedback sees them")
     export: Literal["none", "compressed-tensors"] = Field(
         "none", description="also write an `export` artifact in this ecosystem format")
     compute: Compute = Compute()  # its dtype is that of the calibration forward passes
@@ -122,10 +123,10 @@ class QuantizeSpec(JobSpecBase):
             return self
         widths = {self.bits} | {o.bits for o in self.overrides.values() if o.bits is not None}
         groups = {self.group_size} | {o.group_size for o in self.overrides.values() if o.group_size not in (None, -1)}
-        bad = sorted(b for b in widths if b != 4 and not (b == 8 and self.symmetric))
+        bad = sorted(b for b in widths if b > 4 and not self.symmetric)
         if bad:
-            raise ValueError(f"layout gguf: {bad[0]}-bit codes have no exact GGUF block type; expected bits 4 "
-                             "(Q4_0/Q4_1) or 8 with symmetric=true (Q8_0)")
+            raise ValueError(f"layout gguf: asymmetric {bad[0]}-bit codes have no exact GGUF block type; expected "
+                             "bits 2, 3 or 4 (Q4_1), or symmetric=true (Q4_0 / Q8_0)")
         if any(g is not None and g % 32 for g in groups):
             raise ValueError(f"layout gguf: group_size {sorted(g for g in groups if g and g % 32)[0]} is not a "
                              "multiple of 32; expected 32, 64, 128, ... (GGUF blocks hold 32 weights)")

@@ -167,25 +167,33 @@ def test_gguf_q4_1_needs_the_gguf_layout_option(tiny_llama, tmp_path):
 
 
 @pytest.mark.skipif(not HAS_GGUF, reason="the gguf package is not installed (make extras)")
-def test_gguf_mixed_precision_one_type_per_tensor_and_note(tiny_llama, tmp_path):
-    qdir = quantized(tiny_llama, tmp_path / "q", bits=4, group_size=32, symmetric=True, overrides=MIXED)
+@pytest.mark.parametrize("symmetric,layout,qtype", [(True, "bitsmith", "Q4_0"), (False, "gguf", "Q4_1")])
+def test_gguf_mixed_2_3_4_bit_codes_sit_exactly_in_4_bit_blocks(tiny_llama, tmp_path, symmetric, layout, qtype):
+    qdir = quantized(tiny_llama, tmp_path / "q", bits=4, group_size=32, symmetric=symmetric, overrides=MIXED,
+                     layout=layout)
     art = exported(qdir, tmp_path / "e", "gguf")
     by_module = {t["module"]: t for t in art.metadata["tensors"]}
-    assert by_module["model.layers.0.mlp.down_proj"]["from"] == "requantized"
-    assert by_module["model.layers.0.mlp.up_proj"] == {**by_module["model.layers.0.mlp.up_proj"],
-                                                       "type": "Q4_0", "from": "codes", "exact": True}
-    assert "requantized" in art.metadata["note"]
+    assert {by_module[f"model.layers.0.{m}"]["bits"] for m in ("mlp.down_proj", "self_attn.o_proj", "mlp.up_proj")} \
+        == {2, 3, 4}
+    assert all(t["type"] == qtype and t["from"] == "codes" and t["exact"] for t in by_module.values())
     import gguf
 
-    reader = gguf.GGUFReader(str(art.path))
-    types = {t.name: t.tensor_type.name for t in reader.tensors}
-    assert types["blk.0.ffn_up.weight"] == "Q4_0" and types["token_embd.weight"] == "F32"
-    ours = quant_format.load_quantized_model(qdir)
-    dense = quant_format.dequantize_model(quant_format.load_quantized_model(qdir))
-    theirs = _gguf_model(art.path)
-    # requantized 2/3-bit layers differ by at most their reported weight error; logits stay close, not equal
-    diff = (logits(theirs) - logits(ours)).abs().max().item()
-    assert 0 < diff < 0.5 and torch.equal(logits(dense), logits(ours))
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(art.path)).tensors}
+    assert types["blk.0.ffn_down.weight"] == qtype and types["token_embd.weight"] == "F32"
+    assert torch.equal(logits(_gguf_model(art.path)), logits(quant_format.load_quantized_model(qdir)))
+
+
+@pytest.mark.skipif(not HAS_GGUF, reason="the gguf package is not installed (make extras)")
+def test_gguf_requantizes_what_no_block_type_holds_with_a_note(tiny_llama, tmp_path):
+    qdir = quantized(tiny_llama, tmp_path / "q", bits=4, group_size=32, symmetric=False,
+                     overrides={r".*mlp\.down_proj": {"bits": 8}})
+    art = exported(qdir, tmp_path / "e", "gguf")
+    by_module = {t["module"]: t for t in art.metadata["tensors"]}
+    down = by_module["model.layers.0.mlp.down_proj"]
+    assert down["type"] == "Q8_0" and down["from"] == "requantized" and 0 < down["max_abs_diff"]
+    assert "2 of 14" in art.metadata["note"] and "requantized" in art.metadata["note"]
+    diff = (logits(_gguf_model(art.path)) - logits(quant_format.load_quantized_model(qdir))).abs().max().item()
+    assert 0 < diff < 0.5  # close, not equal: the requantized layers' reported weight error
 
 
 @pytest.mark.skipif(not HAS_GGUF, reason="the gguf package is not installed (make extras)")
@@ -216,7 +224,7 @@ def test_exact_min_scales_make_the_q4_1_minimum_an_fp16_value():
 
 
 @pytest.mark.parametrize("fields,named", [
-    ({"bits": 3, "layout": "gguf"}, "3-bit"),
+    ({"bits": 5, "layout": "gguf"}, "asymmetric 5-bit"),
     ({"bits": 4, "group_size": 48, "layout": "gguf"}, "group_size"),
     ({"bits": 8, "symmetric": False, "layout": "gguf"}, "8-bit"),
 ])
