@@ -19,10 +19,12 @@ def sweep() -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a sweep field")
 @executor_option()
 @no_cache_option("run every child even if an identical run already succeeded (no cache hits, no joining)")
+@click.option("--detach", is_flag=True, help="queue the children for the store's dispatcher (it keeps max_concurrency) "
+                                             "and return at once; follow with `bitsmith sweep status`")
 @json_option
 @click.pass_context
 def run_sweep_cmd(ctx: click.Context, sweep_file: Path, overrides: tuple[str, ...], executor: str, no_cache: bool,
-                  as_json: bool) -> None:
+                  detach: bool, as_json: bool) -> None:
     """Validate every child, record the sweep, run its children (the sweep id is printed first)."""
     import contextlib
     import sys
@@ -34,6 +36,10 @@ def run_sweep_cmd(ctx: click.Context, sweep_file: Path, overrides: tuple[str, ..
     spec = load_sweep_spec(data, source=str(sweep_file))
     children = child_specs(spec)  # every child validated before anything is written (optuna: a representative)
     plan = describe_plan(spec, len(children))
+    if detach:  # refused before anything is written
+        from ..sweeps.driver import check_detachable
+
+        check_detachable(spec, executor, str(sweep_file))
     db = open_db(ctx)
     from ..output_refs import check_store_references
     from ..sweeps.expand import sweep_input_fields
@@ -49,9 +55,10 @@ def run_sweep_cmd(ctx: click.Context, sweep_file: Path, overrides: tuple[str, ..
     if not as_json:
         click.echo(record.id)
     with contextlib.redirect_stdout(sys.stderr):
-        run_sweep(record.id, settings_from(ctx), executor=executor, no_cache=no_cache,
+        run_sweep(record.id, settings_from(ctx), executor=executor, no_cache=no_cache, detach=detach,
                   on_finish=lambda rid, status: info(f"  child {short(rid, 10)}: {status}"))
-        _end_embedded_ray(ctx, executor)
+        if not detach:
+            _end_embedded_ray(ctx, executor)
     _show(ctx, record.id, as_json=as_json, plot=None)
 
 

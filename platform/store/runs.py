@@ -9,13 +9,11 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, and_, cast, func, insert, select, update
 from sqlalchemy import String as SAString
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from ..config import default_lease_s
 from ..errors import BitsmithError, NotFoundError, StoreError, UsageError
-from .engine import Database, read, write
+from .engine import Database, dialect_insert, read, write
 from .leases import lease_owner, lease_values
 from .metrics import insert_metrics, select_final_metrics
 from .records import (CANCELLED, QUEUED, RUN_STATUSES, RUNNING, SUCCEEDED, TERMINAL_STATUSES, TRANSITIONS,
@@ -392,7 +390,7 @@ def upsert_edges(db: Database, conn: Connection, table: Any, run_id: str, edges:
     if not edges:
         return
     rows = [{"run_id": run_id, "role": role, "digest": digest} for role, digest in edges.items()]
-    upsert = (sqlite_insert if db.is_sqlite else pg_insert)(table)
+    upsert = dialect_insert(db.dialect)(table)
     conn.execute(upsert.on_conflict_do_update(index_elements=["run_id", "role"],
                                               set_={"digest": upsert.excluded.digest}), rows)
 

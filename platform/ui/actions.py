@@ -7,12 +7,9 @@ import subprocess
 import sys
 from typing import Any
 
-from sqlalchemy import select, update
-
 from .. import store
 from ..errors import UsageError
-from ..store.engine import write
-from ..store.schema import runs_t
+from ..store.ui_rows import edit_run_tags
 
 MAX_TAGS, MAX_TAG_CHARS = 64, 100
 
@@ -36,16 +33,14 @@ def change_tags(db: Any, ref: str, add: list[str], remove: list[str]) -> dict[st
     add, remove = _check_tags(add, "add"), _check_tags(remove, "remove")
     run_id = store.get_run(db, ref).id
 
-    def body(conn: Any) -> list[str]:
-        current = conn.execute(select(runs_t.c.tags).where(runs_t.c.id == run_id).with_for_update()).scalar()
-        tags = [t for t in (current or []) if t not in remove]
+    def edit(current: list[str]) -> list[str]:
+        tags = [t for t in current if t not in remove]
         tags += [t for t in dict.fromkeys(add) if t not in tags]
         if len(tags) > MAX_TAGS:
             raise UsageError(f"tags: {len(tags)} tags; expected at most {MAX_TAGS} on a run")
-        conn.execute(update(runs_t).where(runs_t.c.id == run_id).values(tags=tags))
         return tags
 
-    return {"run_id": run_id, "tags": write(db, body)}
+    return {"run_id": run_id, "tags": edit_run_tags(db, run_id, edit)}
 
 
 def _spawn(settings: Any, args: list[str], log_name: str, run_dir: str) -> dict[str, Any]:

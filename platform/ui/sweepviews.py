@@ -5,9 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sqlalchemy import func, select
-
 from .. import store
+from ..store.ui_rows import sweeps_with_child_counts
 from ..errors import ArtifactError, NotFoundError, UsageError
 from .files import read_json
 from .jsonable import jsonable
@@ -18,17 +17,9 @@ _BLOCK = re.compile(r"\.(\d+)\.")
 
 def sweeps_list(db: Any, *, limit: int = 50, offset: int = 0) -> dict[str, Any]:
     """Sweeps, newest first, with their child counts (a read-only query of the sweeps table)."""
-    from ..store.schema import runs_t, sweeps_t
-
     if not 1 <= limit <= 500 or offset < 0:
         raise UsageError(f"limit {limit}, offset {offset}: expected a limit of 1 to 500 and an offset >= 0")
-    children = (select(runs_t.c.sweep_id, func.count().label("n")).where(runs_t.c.sweep_id.is_not(None))
-                .group_by(runs_t.c.sweep_id).subquery())
-    query = (select(sweeps_t.c.id, sweeps_t.c.name, sweeps_t.c.status, sweeps_t.c.created_at, children.c.n)
-             .outerjoin(children, children.c.sweep_id == sweeps_t.c.id)
-             .order_by(sweeps_t.c.created_at.desc(), sweeps_t.c.id.desc()).offset(offset).limit(limit + 1))
-    with db.transaction() as conn:
-        rows = conn.execute(query).all()
+    rows = sweeps_with_child_counts(db, limit=limit, offset=offset)
     return jsonable({"rows": [{"id": r.id, "name": r.name, "status": r.status, "created_at": r.created_at,
                                "children": r.n or 0} for r in rows[:limit]],
                      "next_offset": offset + limit if len(rows) > limit else None})

@@ -95,7 +95,7 @@ def _calls_in(path: Path) -> set[str]:
 def test_quantize_and_the_level_database_share_the_one_sequential_loop() -> None:
     users = {p.relative_to(ROOT).as_posix() for p in (ROOT / "workers").rglob("*.py")
              if "sequential_blocks" in _calls_in(p)}
-    assert users == {"workers/quantize.py", "workers/allocation/levels.py"}
+    assert users == {"workers/quantize.py", "workers/allocation/levels.py", "workers/allocation/uniform.py"}
     capturers = {p.relative_to(ROOT).as_posix() for p in (ROOT / "workers").rglob("*.py")
                  if "capture_block_inputs" in _calls_in(p)}
     assert capturers == {"workers/calibration.py"}
