@@ -12,9 +12,11 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import stat
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
@@ -129,3 +131,23 @@ def trained_lm(pydoc_corpus: Path) -> Path:
 def trained_lm_report(trained_lm: Path) -> dict:
     """The training report of `trained_lm`: {"metrics": {"eval/ppl", "unigram_ppl", ...}, "history": ...}."""
     return json.loads((trained_lm.parent / "report.json").read_text())
+
+
+@pytest.fixture
+def pg_url():
+    """A fresh, empty PostgreSQL database (not migrated) at 127.0.0.1:5432, dropped afterwards."""
+    try:
+        socket.create_connection(("127.0.0.1", 5432), timeout=1).close()
+    except OSError:
+        pytest.skip("PostgreSQL does not answer at 127.0.0.1:5432")
+    import psycopg
+
+    name = f"bitsmith_pg_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    from bitsmith.platform.store import dispose_engines
+
+    dispose_engines(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}")
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

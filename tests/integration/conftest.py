@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import uuid
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,21 +58,3 @@ def make_cli():
     return BitsmithCLI
 
 
-@pytest.fixture
-def pg_url():
-    """A fresh, empty PostgreSQL database (not migrated) at 127.0.0.1:5432, dropped afterwards."""
-    try:
-        socket.create_connection(("127.0.0.1", 5432), timeout=1).close()
-    except OSError:
-        pytest.skip("PostgreSQL does not answer at 127.0.0.1:5432")
-    import psycopg
-
-    name = f"bitsmith_cli_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    from bitsmith.platform.store import dispose_engines
-
-    dispose_engines(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}")
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

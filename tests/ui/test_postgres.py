@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import uuid
 
 import pytest
 from fastapi.testclient import TestClient
@@ -14,26 +12,6 @@ from fastapi.testclient import TestClient
 from .conftest import ROOT
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-def pg_url():
-    try:
-        socket.create_connection(("127.0.0.1", 5432), timeout=1).close()
-    except OSError:
-        pytest.skip("PostgreSQL does not answer at 127.0.0.1:5432")
-    import psycopg
-
-    name = f"bitsmith_ui_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    yield url
-    from bitsmith.platform.store import dispose_engines
-
-    dispose_engines(url)
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_api_over_postgres(pg_url, tmp_path) -> None:
