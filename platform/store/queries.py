@@ -1,4 +1,5 @@
-"""Bounded, keyset-paged store queries behind `runs list`, `artifacts find`, `lineage` and the UI's API.
+"""Bounded, keyset-paged store queries behind `runs list`, `artifacts find`, `lineage` and the UI's API (and its
+sweeps list).
 
 Every list returns a `Page`: at most `limit` rows (1 to MAX_LIMIT) and an opaque `next_cursor` (None on the
 last page). A cursor is base64 JSON of the last row's sort key; it is checked against the query it came from,
@@ -11,10 +12,11 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable, Sequence
 
-from sqlalchemy import ColumnElement, String, and_, cast, exists, not_, select
+from sqlalchemy import ColumnElement, String, and_, cast, exists, func, not_, select
 
 from ..errors import UsageError
 from .artifacts import artifact_from_row, where_clause
@@ -23,7 +25,7 @@ from .lineage import LineagePage, lineage_page
 from .paging import MAX_LIMIT, Page, after_cursor, bad_cursor, check_limit, decode_cursor, encode_cursor
 from .records import RUN_STATUSES, ArtifactRecord
 from .runs import run_from_row
-from .schema import artifacts_t, metric_finals_t, runs_t
+from .schema import artifacts_t, metric_finals_t, runs_t, sweeps_t
 
 RUN_SORTS = ("created_at", "started_at", "finished_at", "name", "kind", "status")
 METRIC_PREFIX = "metric:"
@@ -193,5 +195,42 @@ def _artifact_page(rows: list[ArtifactRecord], limit: int) -> Page:
     return Page(rows[:limit], encode_cursor({"q": "artifacts", "k": [last.created_at.isoformat(), last.digest]}))
 
 
-__all__ = ["MAX_LIMIT", "METRIC_FILTER_FORM", "RUN_SORTS", "LineagePage", "Page", "check_limit", "decode_cursor",
-           "encode_cursor", "find_artifacts", "lineage_page", "list_runs", "parse_metric_filter"]
+# ---------------------------------------------------------------------------------------- sweeps
+
+@dataclass(frozen=True)
+class SweepListing:
+    """A row of the sweeps list: the sweep and its number of child runs."""
+
+    id: str
+    name: str | None
+    status: str
+    created_at: datetime
+    children: int
+
+
+def list_sweeps(db: Database, *, limit: int = 50, cursor: str | None = None) -> Page:
+    """One page of sweeps, newest first (ties by id, descending), each with its child count (a count over the
+    runs' sweep_id index per listed sweep, not over every run)."""
+    check_limit(limit)
+    s, r = sweeps_t, runs_t
+    children = select(func.count()).select_from(r).where(r.c.sweep_id == s.c.id).scalar_subquery()
+    query = select(s.c.id, s.c.name, s.c.status, s.c.created_at, children.label("children"))
+    if cursor:
+        position = decode_cursor(cursor, "sweeps")
+        if len(position) != 2 or not all(isinstance(p, str) for p in position):
+            raise bad_cursor(cursor, "not a position in a sweeps listing")
+        at = _cursor_value("created_at", position[0], cursor)
+        query = query.where(after_cursor(s.c.created_at, s.c.id, at, position[1], True, False))
+    query = query.order_by(s.c.created_at.desc(), s.c.id.desc()).limit(limit + 1)
+    with db.transaction() as conn:
+        rows = [SweepListing(row.id, row.name, row.status, row.created_at, int(row.children or 0))
+                for row in conn.execute(query)]
+    if len(rows) <= limit:
+        return Page(rows, None)
+    last = rows[limit - 1]
+    return Page(rows[:limit], encode_cursor({"q": "sweeps", "k": [last.created_at.isoformat(), last.id]}))
+
+
+__all__ = ["MAX_LIMIT", "METRIC_FILTER_FORM", "RUN_SORTS", "LineagePage", "Page", "SweepListing", "check_limit",
+           "decode_cursor", "encode_cursor", "find_artifacts", "lineage_page", "list_runs", "list_sweeps",
+           "parse_metric_filter"]

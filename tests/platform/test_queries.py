@@ -10,8 +10,8 @@ import threading
 import pytest
 
 from bitsmith.platform.errors import UsageError
-from bitsmith.platform.store import (add_run_outputs, create_run, final_metrics, log_metrics, register_artifact,
-                                     transition)
+from bitsmith.platform.store import (add_run_outputs, create_run, create_sweep, final_metrics, log_metrics,
+                                     register_artifact, transition)
 from bitsmith.platform.store import queries
 from bitsmith.platform.store.metrics import compute_final_metrics, insert_metrics
 
@@ -160,6 +160,52 @@ def test_keyset_pages_list_every_row_once_under_concurrent_inserts(db, sort):
         stop.set()
         writer.join()
     assert inserted  # the writer did insert while pages were read
+
+
+def test_sweep_pages_list_every_sweep_once_with_its_children_under_concurrent_inserts(db):
+    children = {}
+    for i in range(23):
+        sweep = create_sweep(db, name=f"s{i}" if i % 4 else None, spec={})
+        children[sweep.id] = i % 3
+        for _ in range(i % 3):
+            create_run(db, kind="noop", name=None, spec={}, spec_hash="h", cache_key=f"{sweep.id}", seed=1,
+                       code_version={}, sweep_id=sweep.id)
+    newest_first = sorted(children, key=lambda sid: (_created(db, sid), sid), reverse=True)
+    stop = threading.Event()
+    inserted: list[str] = []
+
+    def insert_more() -> None:
+        while not stop.is_set() and len(inserted) < 40:
+            inserted.append(create_sweep(db, name="late", spec={}).id)
+
+    writer = threading.Thread(target=insert_more)
+    writer.start()
+    try:
+        seen, pages = _all_pages(lambda **kw: queries.list_sweeps(db, **kw), 4)
+    finally:
+        stop.set()
+        writer.join()
+    ids = [s.id for s in seen]
+    assert len(ids) == len(set(ids)) and pages >= 6  # no sweep twice, in pages of at most 4
+    assert [sid for sid in ids if sid in children] == newest_first  # every sweep of before, once, in order
+    assert all(s.children == children[s.id] for s in seen if s.id in children)
+    assert all(s.children == 0 for s in seen if s.id not in children)
+    assert inserted  # the writer did insert while pages were read
+    stamps = [(s.created_at, s.id) for s in seen]
+    assert stamps == sorted(stamps, reverse=True)
+    page = queries.list_sweeps(db, limit=2)
+    with pytest.raises(UsageError, match="--cursor .*not a cursor of sweeps"):
+        queries.list_sweeps(db, cursor=queries.list_runs(db, limit=1).next_cursor)
+    with pytest.raises(UsageError, match="--cursor .*not a cursor of runs"):
+        queries.list_runs(db, cursor=page.next_cursor)
+    with pytest.raises(UsageError, match="--limit"):
+        queries.list_sweeps(db, limit=0)
+
+
+def _created(db, sweep_id):
+    from bitsmith.platform.store import get_sweep
+
+    return get_sweep(db, sweep_id).created_at
 
 
 def test_run_filters_and_ordering_of_nulls(db):
