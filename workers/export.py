@@ -72,4 +72,4 @@ def export_gptq(model_dir: Path, out: Path, target: GPTQTarget) -> ExportResult:
 def export_gguf(model_dir: Path, out: Path, target: GGUFTarget) -> ExportResult:
     from .export_gguf import write_gguf
 
-    return write_gguf(model_dir, out / "model.gguf", target.float_type)
+    return write_gguf(model_dir, out / "model.gguf", target.float_type, target.quantized_weights)

@@ -10,6 +10,9 @@ package's reference quantizer (Q5_1 for 5 bits, else Q8_0).
 Each tensor is then decoded with gguf's own dequantizer and compared with bitsmith's weight: the metadata
 lists per tensor its type, how it was made and whether it is exact (max |diff|). One type per tensor, so a
 mixed-precision search keeps its per-layer widths where GGUF has them.
+`quantized_weights: dequantized` writes each quantized layer's dequantized weight as F32/F16 instead: the same
+weights, multiplied by llama.cpp in float (its Q4/Q8 kernels round the activations to 8-bit blocks first), which
+is how tests/workers/test_export_llamacpp.py separates an export error from llama.cpp's own rounding.
 """
 from __future__ import annotations
 
@@ -163,7 +166,7 @@ def add_tokenizer(gguf: Any, w: Any, path: Path, n_vocab: int) -> None:
     gguf.SpecialVocab(path, load_merges=True, n_vocab=n_vocab).add_to_gguf(w, quiet=True)
 
 
-def write_gguf(path: Path, out_file: Path, float_type: str = "f32") -> ExportResult:
+def write_gguf(path: Path, out_file: Path, float_type: str = "f32", quantized_weights: str = "blocks") -> ExportResult:
     gguf = _require_gguf()
     model = read_quantized_model(path)
     arch = _Arch(model.config)
@@ -185,19 +188,23 @@ def write_gguf(path: Path, out_file: Path, float_type: str = "f32") -> ExportRes
             raise SpecError(f"target.format=gguf: module {name} has no GGUF tensor name; expected a Llama layout")
         rows = arch.rows(name, layer.out_features)
         ours = layer.dequantized_weight(torch.float32)[rows].numpy()
-        qname = _code_type(layer)
-        data = encode_codes(layer, rows, qname) if qname else None
-        how = "codes"
-        if data is None:
-            qname, how = _requant_type(layer), "requantized"
-            data = gguf.quants.quantize(ours, gguf.GGMLQuantizationType[qname])
+        if quantized_weights == "dequantized":
+            qname, how = float_type.upper(), "dequantized"
+            data = ours.astype(np.float16 if float_type == "f16" else np.float32)
+        else:
+            qname = _code_type(layer)
+            data = encode_codes(layer, rows, qname) if qname else None
+            how = "codes"
+            if data is None:
+                qname, how = _requant_type(layer), "requantized"
+                data = gguf.quants.quantize(ours, gguf.GGMLQuantizationType[qname])
         qtype = gguf.GGMLQuantizationType[qname]
-        back = gguf.quants.dequantize(data, qtype).reshape(ours.shape)
+        back = gguf.quants.dequantize(data, qtype).reshape(ours.shape).astype(np.float32)
         diff = float(np.abs(back - ours).max())
         tensors.append({"tensor": gname, "module": name, "type": qname, "bits": layer.bits,
                         "group_size": layer.group_size, "symmetric": layer.symmetric, "from": how,
                         "exact": bool(np.array_equal(back, ours)), "max_abs_diff": diff})
-        w.add_tensor(gname, data, raw_dtype=qtype)
+        w.add_tensor(gname, data, raw_dtype=None if how == "dequantized" else qtype)
         stored += data.nbytes * 8
         quantized += data.nbytes * 8
     for key, tensor in model.dense.items():
@@ -218,7 +225,7 @@ def write_gguf(path: Path, out_file: Path, float_type: str = "f32") -> ExportRes
         "tensor_types": dict(sorted(_count(t["type"] for t in tensors).items())),
         "exact_tensors": sum(t["exact"] for t in tensors), "quantized_tensors": len(tensors),
         "max_abs_weight_diff": max((t["max_abs_diff"] for t in tensors), default=0.0), "float_type": float_type,
-        "tensors": tensors}
+        "quantized_weights": quantized_weights, "tensors": tensors}
     if requantized:
         meta["note"] = (f"{len(requantized)} of {len(tensors)} quantized layers have a layout no GGUF block type "
                         "stores (asymmetric 5/6/8-bit, act-order, or groups not a multiple of 32); they were "

@@ -29,13 +29,19 @@ class GPTQTarget(StrictModel):
 
 
 class GGUFTarget(StrictModel):
-    """GGUF (llama.cpp): tokenizer, config and tensors; codes copied where the block types agree
-    (symmetric 4-bit -> Q4_0, asymmetric 4-bit -> Q4_1, 5-bit -> Q5_0/Q5_1, symmetric 8-bit -> Q8_0 with
-    groups a multiple of 32), other layouts requantized (noted per tensor in the metadata)."""
+    """GGUF (llama.cpp): tokenizer, config and tensors; codes copied where the block types agree (groups a
+    multiple of 32, no act-order: symmetric 2/3/4-bit -> Q4_0, asymmetric 2/3/4-bit -> Q4_1, symmetric
+    5/6/8-bit -> Q8_0), other layouts requantized (Q5_1 for asymmetric 5-bit, else Q8_0; noted per tensor in
+    the metadata)."""
 
     format: Literal["gguf"] = "gguf"
     float_type: Literal["f32", "f16"] = Field("f32", description="type of the tensors left unquantized "
                                                                  "(embeddings, norms, lm_head)")
+    quantized_weights: Literal["blocks", "dequantized"] = Field(
+        "blocks", description="blocks: each quantized layer in a GGUF block type (its codes where one holds them); "
+                              "dequantized: its dequantized weight in float_type, a reference file with the same "
+                              "weights that llama.cpp multiplies without its quantized kernels (those round "
+                              "activations to 8 bits)")
 
 
 ExportTarget = Annotated[CompressedTensorsTarget | GPTQTarget | GGUFTarget, Field(discriminator="format")]

@@ -160,6 +160,17 @@ def test_gguf_codes_map_exactly_and_transformers_logits_equal(tiny_llama, tmp_pa
 
 
 @pytest.mark.skipif(not HAS_GGUF, reason="the gguf package is not installed (make extras)")
+def test_gguf_dequantized_weights_are_f32_and_load_with_equal_logits(tiny_llama, tmp_path):
+    """`quantized_weights: dequantized` (the llama.cpp check's float reference): the same weights as F32 tensors."""
+    qdir = quantized(tiny_llama, tmp_path / "q", bits=3, group_size=32, symmetric=False)
+    art = exported(qdir, tmp_path / "e", "gguf", quantized_weights="dequantized")
+    assert art.metadata["tensor_types"] == {"F32": 14} and art.metadata["exact_tensors"] == 14
+    assert all(t["from"] == "dequantized" for t in art.metadata["tensors"]) and "note" not in art.metadata
+    assert art.metadata["quantized_bits_per_weight"] == 32
+    assert torch.equal(logits(_gguf_model(art.path)), logits(quant_format.load_quantized_model(qdir)))
+
+
+@pytest.mark.skipif(not HAS_GGUF, reason="the gguf package is not installed (make extras)")
 def test_gguf_q4_1_needs_the_gguf_layout_option(tiny_llama, tmp_path):
     """Without `layout: gguf` the Q4_1 minimum (-scale * zero) is rounded to fp16; with it, every block is exact."""
     plain = exported(quantized(tiny_llama, tmp_path / "q0", bits=4, group_size=32), tmp_path / "e0", "gguf")
