@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -26,11 +27,12 @@ from bitsmith.platform.context import OutputArtifact, RunContext, WorkerOutputs
 from bitsmith.platform.digests import write_artifact_meta
 from bitsmith.platform.errors import DataError
 from bitsmith.platform.specs.search import (BisectMethod, DPMethod, EffectiveBitsBudget, EvoMethod, HessianMethod,
-                                            QualityBudget, SearchSpec, SizeBudget, UniformMethod)
+                                            LinearFit, LinearMethod, QualityBudget, SearchSpec, SizeBudget,
+                                            UniformMethod)
 
 from . import quant_format
 from .calibration import architecture_layout, calibration_batches, plan_layers
-from .allocation import evo, knapsack, sensitivity
+from .allocation import bootstrap, evo, knapsack, linear, sensitivity
 from .allocation.bisect import bisect_drop
 from .allocation.levels import AllocationModel, LevelDB, build_level_db, level_db_key, load_level_db
 from .allocation.levels import CALIBRATION_SEED
@@ -86,6 +88,8 @@ def run(spec: SearchSpec, ctx: RunContext) -> WorkerOutputs:
     uniform = uniform_allocation(costs, budget_cost if budget_cost is not None
                                  else knapsack.allocation_cost(costs, chosen), spec)
     results = {spec.method.type: chosen, "uniform": uniform}
+    if "linear" in details and "linear" not in results:  # evo warm-started from the linearity model
+        results["linear"] = details["linear"]["allocation"]
     if spec.report.baseline_dp and budget_cost is not None and "dp" not in results:
         results["dp"] = allocate_dp(DPMethod(), env)[0]
 
@@ -206,22 +210,83 @@ def allocate_hessian(method: HessianMethod, env: SearchEnv) -> tuple[Allocation,
                         "losses": {layer.name: row for layer, row in zip(env.db.layers, losses)}}
 
 
-@allocator("evo")
-def allocate_evo(method: EvoMethod, env: SearchEnv) -> tuple[Allocation, dict[str, Any]]:
+def fitness_reference(env: SearchEnv, sequences: int, seq_len: int, top_k: int | None) -> tuple[Tensor, Path]:
+    """Fitness sequences (calibration windows, seed + 1) and the file of the unquantized model's log-probs on
+    them, computed once per run (a resumed run finds it in its work dir)."""
     from .evaluators.kl import compute_reference_logits
 
-    ctx = env.ctx
-    # Fitness sequences: calibration windows with the unquantized model's log-probs cached once.
-    seqs = torch.cat(calibration_batches(env.calibration_texts, env.tokenizer, method.fitness_sequences,
-                                         method.fitness_seq_len, method.fitness_sequences, ctx.seed + 1))
-    reference_file = ctx.work_dir / "fitness_reference.safetensors"
+    seqs = torch.cat(calibration_batches(env.calibration_texts, env.tokenizer, sequences, seq_len, sequences,
+                                         env.ctx.seed + 1))
+    reference_file = env.ctx.work_dir / f"fitness_reference-{sequences}x{seq_len}-{top_k or 'all'}.safetensors"
     if not reference_file.exists():
         from safetensors.torch import save_file
 
-        save_file(compute_reference_logits(env.model, seqs, top_k=method.fitness_top_k), str(reference_file))
-    start = (knapsack.solve("dp", env.costs, _error_losses(env, "params"), env.budget_cost)
-             if method.init == "dp" else fill_greedily(uniform_allocation(env.costs, env.budget_cost, env.spec),
-                                                         env.costs, env.budget_cost, random.Random(ctx.seed)))
+        save_file(compute_reference_logits(env.model, seqs, top_k=top_k), str(reference_file))
+    return seqs, reference_file
+
+
+def _fitness_pool(env: SearchEnv, n_actors: int, reference_file: Path) -> Any:
+    return env.ctx.actor_pool(evo.FitnessActor, n_actors, str(env.model_dir), str(env.db.path), str(reference_file),
+                              threads=1)
+
+
+def fit_linear_allocation(fit: LinearFit, env: SearchEnv, pool: Any, n_sequences: int,
+                          ) -> tuple[Allocation, dict[str, Any]]:
+    """Measure `fit.samples` random configurations around the budget's uniform allocation on all fitness
+    sequences, fit the linearity model on all but the held-out ones (reported: how well it predicts them),
+    refit on all, solve the knapsack exactly and measure the solution's fitness too."""
+    rng = random.Random(env.ctx.seed + 17)
+    centre = fill_greedily(uniform_allocation(env.costs, env.budget_cost, env.spec), env.costs, env.budget_cost,
+                           random.Random(env.ctx.seed))
+    configs = linear.sample_configurations(len(env.db.bits), len(env.db.layers), centre, fit.samples, fit.mix, rng)
+    every = list(range(n_sequences))
+    measured: list[float] = []
+    step = 4 * getattr(pool, "size", 1)
+    with env.ctx.progress(total=len(configs), desc="linear: fitness samples") as bar:
+        for start in range(0, len(configs), step):
+            part = configs[start:start + step]
+            measured += pool.map("kl", [{"levels": c, "sequences": every} for c in part])
+            bar.update(len(part))
+    y = np.asarray(measured, dtype=np.float64)
+    errors, shares = linear.layer_errors(env.db), linear.parameter_shares(env.db)
+    x = linear.features(errors, configs)
+    n_held = int(len(configs) * fit.holdout)
+    held = {}
+    if n_held >= 3:
+        trained = linear.fit(x[n_held:], y[n_held:], shares, fit.ridge, seed=env.ctx.seed)
+        predicted = x[:n_held] @ trained.alpha
+        held = {"configurations": n_held, "ridge": trained.ridge, **linear.correlations(predicted, y[:n_held]),
+                "predicted": predicted.tolist(), "measured": y[:n_held].tolist()}
+    result = linear.fit(x, y, shares, fit.ridge, seed=env.ctx.seed)
+    allocation = knapsack.solve(fit.solver, env.costs, linear.losses(result.alpha, errors), env.budget_cost)
+    if allocation is None:
+        raise DataError("budget: the knapsack found no allocation within the budget; expected a larger budget")
+    solution_kl = pool.map("kl", [{"levels": allocation, "sequences": every}])[0]
+    details = {"samples": len(configs), "mix": fit.mix, "solver": fit.solver, "ridge": result.ridge,
+               "cv_error": result.cv_error, "scale": result.scale, "held_out": held,
+               "fitness_evaluations": len(configs) + 1, "fitness_sequences": n_sequences,
+               "sample_kl": {"min": float(y.min()), "median": float(np.median(y)), "max": float(y.max())},
+               "solution": {"predicted_kl": float(linear.predict(result.alpha, errors, [allocation])[0]),
+                            "measured_kl": solution_kl},
+               "alpha": {layer.name: float(a) for layer, a in zip(env.db.layers, result.alpha)},
+               "allocation": allocation}
+    return allocation, details
+
+
+@allocator("linear")
+def allocate_linear(method: LinearMethod, env: SearchEnv) -> tuple[Allocation, dict[str, Any]]:
+    seqs, reference_file = fitness_reference(env, method.fitness_sequences, method.fitness_seq_len,
+                                             method.fitness_top_k)
+    with _fitness_pool(env, method.n_actors, reference_file) as pool:
+        return fit_linear_allocation(method, env, pool, seqs.shape[0])
+
+
+@allocator("evo")
+def allocate_evo(method: EvoMethod, env: SearchEnv) -> tuple[Allocation, dict[str, Any]]:
+    ctx = env.ctx
+    # Fitness sequences: calibration windows with the unquantized model's log-probs cached once.
+    seqs, reference_file = fitness_reference(env, method.fitness_sequences, method.fitness_seq_len,
+                                             method.fitness_top_k)
     resume = None
     if ctx.resume_checkpoint is not None and (Path(ctx.resume_checkpoint) / evo.STATE_FILE).is_file():
         resume = evo.load_state(Path(ctx.resume_checkpoint), env.db_key, len(env.db.layers))
@@ -234,16 +299,24 @@ def allocate_evo(method: EvoMethod, env: SearchEnv) -> tuple[Allocation, dict[st
         (directory / evo.STATE_FILE).write_text(json.dumps(state))
         ctx.save_checkpoint(directory, generation, {"generation": generation, "method": "evo"})
 
-    started = time.perf_counter()
-    with ctx.actor_pool(evo.FitnessActor, method.n_actors, str(env.model_dir), str(env.db.path),
-                        str(reference_file), threads=1) as pool, \
-            ctx.progress(total=method.generations - (resumed_from or 0), desc="evo") as bar:
-        state = evo.evolve(method, env.db, start, pool, seqs.shape[0], ctx.seed, env.db_key,
-                           lambda m, step: ctx.log_metrics(m, step=step), save, resume=resume, progress=bar)
+    extra: dict[str, Any] = {}
+    with _fitness_pool(env, method.n_actors, reference_file) as pool:
+        started = time.perf_counter()
+        if method.init == "linear":  # refitted on resume too (deterministic), so its row is always reported
+            start, extra["linear"] = fit_linear_allocation(method.linear, env, pool, seqs.shape[0])
+            extra["linear"]["seconds"] = time.perf_counter() - started
+        elif method.init == "dp":
+            start = knapsack.solve("dp", env.costs, _error_losses(env, "params"), env.budget_cost)
+        else:
+            start = fill_greedily(uniform_allocation(env.costs, env.budget_cost, env.spec), env.costs,
+                                  env.budget_cost, random.Random(ctx.seed))
+        with ctx.progress(total=method.generations - (resumed_from or 0), desc="evo") as bar:
+            state = evo.evolve(method, env.db, start, pool, seqs.shape[0], ctx.seed, env.db_key,
+                               lambda m, step: ctx.log_metrics(m, step=step), save, resume=resume, progress=bar)
     seconds = time.perf_counter() - started
     return state.parent, {"generations": state.generation, "evaluations": state.evaluations,
-                          "resumed_from": resumed_from, "seconds": seconds,
-                          "history": state.history}
+                          "resumed_from": resumed_from, "seconds": seconds, "init": method.init,
+                          "history": state.history, **extra}
 
 
 @allocator("bisect")
@@ -350,7 +423,7 @@ def measure(env: SearchEnv, results: dict[str, Allocation], built: dict[str, nn.
 
     from .data.datasets import read_texts
     from .evaluators.kl import compute_reference_logits, kl_to_reference
-    from .evaluators.perplexity import chunk_tokens, token_perplexity, tokenize_joined
+    from .evaluators.perplexity import chunk_tokens, per_chunk_nll, tokenize_joined
 
     cfg, built, baselines = env.spec.report, built or {}, baselines or []
     test_texts = read_texts(env.ctx.input("calibration").path, "test")
@@ -359,6 +432,12 @@ def measure(env: SearchEnv, results: dict[str, Allocation], built: dict[str, nn.
         raise DataError(f"inputs.calibration: test split has {ids.numel()} tokens, fewer than "
                         f"report.test_seq_len={cfg.test_seq_len}; expected a longer test split")
     chunks = chunk_tokens(ids, cfg.test_seq_len, cfg.test_max_chunks)
+    predicted = chunks.shape[1] - 1
+
+    def scored(model: nn.Module) -> dict[str, Any]:  # perplexity from the per-chunk NLLs the bootstrap resamples
+        nll = per_chunk_nll(model, chunks)
+        return {"test_token_ppl": math.exp(sum(nll) / (len(nll) * predicted)), "test_chunk_nll": nll}
+
     stitched = AllocationModel(copy.deepcopy(env.model), env.db)
     n_layers = len(env.db.layers)
     pareto = list(enumerate(env.db.bits)) if cfg.pareto_uniform_levels else []
@@ -366,31 +445,45 @@ def measure(env: SearchEnv, results: dict[str, Allocation], built: dict[str, nn.
     with env.ctx.progress(total=total, desc="report: test split") as bar:
         reference = compute_reference_logits(stitched.apply(None), chunks)
         unquantized = {"method": "unquantized", "avg_bits": None, "effective_bits_per_weight": None,
-                       "size_bytes": None, "test_token_ppl": token_perplexity(stitched.model, chunks), "test_kl": 0.0}
+                       "size_bytes": None, **scored(stitched.model), "test_kl": 0.0}
         bar.update(1, row="unquantized")
 
         def row(name: str, model: nn.Module, allocation: Allocation, **extra: Any) -> dict[str, Any]:
-            scored = {"method": name, "avg_bits": env.db.nominal_bits(allocation),
-                      "effective_bits_per_weight": env.db.effective_bits(allocation),
-                      "size_bytes": math.ceil(env.db.storage_bits(allocation) / 8),
-                      "test_token_ppl": token_perplexity(model, chunks),
-                      "test_kl": kl_to_reference(model, chunks, reference), **extra}
+            out = {"method": name, "avg_bits": env.db.nominal_bits(allocation),
+                   "effective_bits_per_weight": env.db.effective_bits(allocation),
+                   "size_bytes": math.ceil(env.db.storage_bits(allocation) / 8), **scored(model),
+                   "test_kl": kl_to_reference(model, chunks, reference), **extra}
             bar.update(1, row=name)
-            return scored
+            return out
 
         rows = [row(name, built[name], allocation, built_as="quantize") if name in built
                 else row(name, stitched.apply(allocation), allocation) for name, allocation in results.items()]
         rows.append(unquantized)
         for b in baselines:
             with dense_weight_cache(b.model):
-                ppl, kl = token_perplexity(b.model, chunks), kl_to_reference(b.model, chunks, reference)
+                ppl, kl = scored(b.model), kl_to_reference(b.model, chunks, reference)
             rows.append({"method": b.role, "ref": b.ref, "avg_bits": b.description.get("bits"),
                          "effective_bits_per_weight": b.effective_bits_per_weight, "size_bytes": None,
-                         "test_token_ppl": ppl, "test_kl": kl, "baseline": b.description})
+                         **ppl, "test_kl": kl, "baseline": b.description})
             bar.update(1, row=b.role)
         for lv, bits in pareto:  # the pareto plot's reference curve: uniform at every width of the database
             rows.append(row(f"uniform-{bits}bit", stitched.apply([lv] * n_layers), [lv] * n_layers))
+    add_uniform_differences(rows, predicted, cfg.bootstrap_resamples, env.ctx.seed)
     return rows
+
+
+def add_uniform_differences(rows: list[dict[str, Any]], predicted_per_chunk: int, resamples: int,
+                            seed: int) -> None:
+    """Each row's `vs_uniform`: its test perplexity minus the uniform row's, with a paired bootstrap interval
+    over the test chunks (the rows were scored on the same chunks)."""
+    uniform = next((r for r in rows if r["method"] == "uniform"), None)
+    if uniform is None:
+        return
+    tokens = [predicted_per_chunk] * len(uniform["test_chunk_nll"])
+    for r in rows:
+        if r is not uniform:
+            r["vs_uniform"] = bootstrap.paired_ppl_difference(r["test_chunk_nll"], uniform["test_chunk_nll"], tokens,
+                                                              resamples, seed=seed)
 
 
 def best_baseline(rows: list[dict[str, Any]], effective_bits: float) -> dict[str, Any] | None:
@@ -435,6 +528,9 @@ def write_outputs(env: SearchEnv, allocation: Allocation, rows: list[dict[str, A
     summary = {"method": spec.method.type, "budget": spec.budget.model_dump(mode="json"), "seconds": seconds,
                "level_db": env.db_key, "level_settings": spec.levels.model_dump(mode="json"), **(extra or {}),
                "vs_uniform_pct": 100 * (chosen["test_token_ppl"] / uniform["test_token_ppl"] - 1),
+               "vs_uniform": {r["method"]: {"effective_bits_per_weight": r["effective_bits_per_weight"],
+                                            "test_token_ppl": r["test_token_ppl"], **r["vs_uniform"]}
+                              for r in rows if "vs_uniform" in r},
                "best_baseline": None if best is None else {
                    "role": best["method"], "ref": best["ref"], "test_token_ppl": best["test_token_ppl"],
                    "effective_bits_per_weight": best["effective_bits_per_weight"],

@@ -2,7 +2,8 @@
 
 A search quantizes every selected linear layer at each candidate width once (the level database),
 then picks one level per layer: `evo` (EvoPress), `hessian` (HAWQ-V2 style sensitivities + knapsack),
-`dp` (additive-error knapsack), `bisect` (within a quality loss) or `uniform`. The uniform allocation
+`dp` (additive-error knapsack), `linear` (HIGGS-style linearity model fitted on measured configurations,
+then an exact knapsack), `bisect` (within a quality loss) or `uniform`. The uniform allocation
 for the same budget is always computed and reported beside the chosen method's result.
 """
 from __future__ import annotations
@@ -71,6 +72,48 @@ class SelectionStage(StrictModel):
     sequences: int = Field(..., ge=1)
 
 
+class LinearFit(StrictModel):
+    """How the linearity model KL(config) ≈ Σ_l α_l · err_l(b_l) is fitted (HIGGS, Malinovskii et al., 2024:
+    the loss increase is linear in the per-layer errors). err_l(b) is the level database's output relative
+    error of layer l at level b; α_l = a · n_l/N · β_l with a shared scale a and β ≥ 0 pulled towards 1 by a
+    ridge penalty (a very strong ridge leaves `dp`'s parameter-weighted objective)."""
+
+    samples: int = Field(48, ge=4, description="random joint configurations whose fitness (KL) is measured")
+    mix: float = Field(0.5, gt=0, le=1, description=(
+        "per layer, the probability that a sampled configuration takes a random level instead of the "
+        "budget's uniform one"))
+    holdout: float = Field(0.25, ge=0, lt=1, description=(
+        "fraction of the samples held out of the fit to report how well it predicts unseen configurations"))
+    ridge: tuple[float, ...] = Field((0.01, 0.1, 1.0, 10.0), min_length=1, description=(
+        "candidate ridge strengths; the one with the least cross-validated error on the fitted samples is used"))
+    solver: Literal["dp", "milp"] = Field("milp", description="the knapsack over α_l · err_l(b) (both exact at "
+                                                              "these sizes; dp coarsens huge budgets)")
+
+    @field_validator("ridge")
+    @classmethod
+    def _positive(cls, ridge: tuple[float, ...]) -> tuple[float, ...]:
+        if any(r <= 0 for r in ridge):
+            raise ValueError(f"expected positive ridge strengths; got {list(ridge)}")
+        return ridge
+
+    @model_validator(mode="after")
+    def _enough_to_fit(self) -> "LinearFit":
+        if self.samples - int(self.samples * self.holdout) < 4:
+            raise ValueError(f"samples {self.samples} with holdout {self.holdout} leave fewer than 4 configurations "
+                             "to fit; expected more samples or a smaller holdout")
+        return self
+
+
+class LinearMethod(LinearFit):
+    """HIGGS-style linearity baseline: fit α_l on measured random configurations, solve the budget exactly."""
+
+    type: Literal["linear"] = "linear"
+    fitness_sequences: int = Field(16, ge=1, description="calibration sequences every sample is scored on")
+    fitness_seq_len: int = Field(128, ge=8)
+    fitness_top_k: int | None = Field(None, ge=1, description="as evo's fitness_top_k")
+    n_actors: int = Field(1, ge=1, le=64, description="fitness actors, each holding one model copy")
+
+
 class EvoMethod(StrictModel):
     """EvoPress (Sieberling et al., 2024): (1+λ) evolution over per-layer levels, fitness = KL to the model."""
 
@@ -86,8 +129,10 @@ class EvoMethod(StrictModel):
     fitness_seq_len: int = Field(128, ge=8)
     fitness_top_k: int | None = Field(None, ge=1, description="keep only the reference's k most likely tokens "
                                                               "(e.g. 64 for large vocabularies); null: exact KL")
-    init: Literal["uniform", "dp"] = Field("uniform", description=(
-        "starting allocation (uniform is filled greedily up to the budget when no width fits exactly)"))
+    init: Literal["uniform", "dp", "linear"] = Field("uniform", description=(
+        "starting allocation (uniform is filled greedily up to the budget when no width fits exactly); linear: "
+        "the linearity model's allocation, fitted on the evo fitness sequences (also reported as its own row)"))
+    linear: LinearFit = Field(LinearFit(), description="the linearity fit, when init is linear")
     n_actors: int = Field(1, ge=1, le=64, description="fitness actors, each holding one model copy")
     checkpoint_every: int = Field(10, ge=1, description="generations between checkpoints")
 
@@ -158,7 +203,7 @@ class UniformMethod(StrictModel):
     type: Literal["uniform"] = "uniform"
 
 
-SearchMethod = Annotated[EvoMethod | HessianMethod | DPMethod | BisectMethod | UniformMethod,
+SearchMethod = Annotated[EvoMethod | HessianMethod | DPMethod | LinearMethod | BisectMethod | UniformMethod,
                          Field(discriminator="type")]
 
 
@@ -192,6 +237,9 @@ class ReportConfig(StrictModel):
     test_seq_len: int = Field(128, ge=8, description="chunk length of the held-out (test split) evaluation")
     test_max_chunks: int | None = Field(64, ge=1)
     baseline_dp: bool = Field(True, description="also report the dp allocation (cheap: no extra quantization)")
+    bootstrap_resamples: int = Field(2000, ge=0, description=(
+        "paired bootstrap over the test chunks of each row's perplexity difference to uniform (95 % interval); "
+        "0: none"))
     pareto_uniform_levels: bool = Field(True, description="also measure uniform at every width (the pareto "
                                                           "plot's reference curve; one test evaluation each)")
 

@@ -195,5 +195,5 @@ def test_uniform_picks_the_widest_level_within_budget() -> None:
 
 
 def test_an_unknown_method_name_lists_the_valid_ones() -> None:
-    with pytest.raises(SpecError, match="expected one of bisect, dp, evo, hessian, uniform"):
+    with pytest.raises(SpecError, match="expected one of bisect, dp, evo, hessian, linear, uniform"):
         search.allocator_for("anneal")
