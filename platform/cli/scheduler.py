@@ -19,27 +19,34 @@ def scheduler() -> None:
               help="Ray tasks at once (default 64; bounds runs that ask for no resources)")
 @click.option("--num-cpus", type=click.IntRange(min=1), default=None,
               help="CPUs of the embedded Ray instance (default: the machine's; ignored with --address)")
+@click.option("--resources", "resources_json", default=None, metavar="JSON",
+              help="custom resources of the embedded Ray instance, e.g. '{\"accel\": 1}' (default: "
+                   "BITSMITH_RAY_RESOURCES; ignored with --address: a cluster's nodes declare their own)")
 @json_option
 @click.pass_context
 def start_cmd(ctx: click.Context, foreground: bool, max_in_flight: int | None, num_cpus: int | None,
-              as_json: bool) -> None:
+              resources_json: str | None, as_json: bool) -> None:
     """Start the dispatcher (a detached daemon, its log under $BITSMITH_HOME/scheduler/), on the Ray cluster
     at --address / BITSMITH_RAY_ADDRESS or an embedded instance it owns. Refused (exit 2) while another
     dispatcher serves this store."""
     from ..scheduler import daemon
+    from ..scheduler.admission import env_node_resources, parse_node_resources
     from ..scheduler.dispatcher import DispatcherOptions, serve
     from ..store import queue
 
+    resources = (parse_node_resources(resources_json, "--resources") if resources_json is not None
+                 else env_node_resources())
     settings = settings_from(ctx)
     db = open_db(ctx)
     options = DispatcherOptions(address=settings.ray_address,
-                                max_in_flight=max_in_flight or DispatcherOptions.max_in_flight, num_cpus=num_cpus)
+                                max_in_flight=max_in_flight or DispatcherOptions.max_in_flight, num_cpus=num_cpus,
+                                resources=resources)
     if foreground:
         ctx.exit(serve(settings, options))
     current = queue.get_dispatcher(db)
     if current is not None and current.alive:
         raise queue.busy_error(current)
-    pid = daemon.ensure_dispatcher(settings, db, max_in_flight=max_in_flight, num_cpus=num_cpus)
+    pid = daemon.ensure_dispatcher(settings, db, max_in_flight=max_in_flight, num_cpus=num_cpus, resources=resources)
     record = daemon.wait_until_serving(settings, db, pid)
     if as_json:
         emit_json(_status(record))
@@ -93,9 +100,11 @@ def _status(record: Any) -> dict[str, Any]:
 
 
 def _resources_text(resources: dict[str, float]) -> str:
-    from ..scheduler.admission import amount_text
+    from ..scheduler.admission import amount_text, shown
 
-    return ", ".join(amount_text(k, v) for k, v in sorted(resources.items())) or "-"
+    first = {"CPU": 0, "GPU": 1, "memory": 2}  # then custom resources by name
+    ordered = sorted(shown(resources).items(), key=lambda kv: (first.get(kv[0], 3), kv[0]))
+    return ", ".join(amount_text(k, v) for k, v in ordered) or "-"
 
 
 @click.command("queue")

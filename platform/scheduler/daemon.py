@@ -6,6 +6,7 @@ lease decides (the second one refuses and exits).
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -20,6 +21,7 @@ from ..config import Settings
 from ..errors import UsageError
 from ..store import queue
 from ..store.records import DispatcherRecord
+from .admission import env_node_resources
 
 START_TIMEOUT_S = 120.0
 
@@ -47,10 +49,14 @@ def _starting_pid(settings: Settings) -> int | None:
 
 
 def ensure_dispatcher(settings: Settings, db: Any, *, max_in_flight: int | None = None,
-                      num_cpus: int | None = None) -> int | None:
-    """Start a detached dispatcher unless one holds the store's lease or is starting; the new pid, else None."""
+                      num_cpus: int | None = None, resources: dict[str, float] | None = None) -> int | None:
+    """Start a detached dispatcher unless one holds the store's lease or is starting; the new pid, else None.
+    `resources`: the custom resources of its embedded Ray (default: BITSMITH_RAY_RESOURCES, checked here so a
+    bad value is refused before the daemon starts)."""
     from filelock import FileLock
 
+    if resources is None:
+        resources = env_node_resources()
     record = queue.get_dispatcher(db)
     if record is not None and record.alive:
         return None
@@ -66,6 +72,8 @@ def ensure_dispatcher(settings: Settings, db: Any, *, max_in_flight: int | None 
             cmd += ["--max-in-flight", str(max_in_flight)]
         if num_cpus is not None:
             cmd += ["--num-cpus", str(num_cpus)]
+        if resources is not None:
+            cmd += ["--resources", json.dumps(resources)]
         env = {**os.environ, **settings.env(), "BITSMITH_NO_PROGRESS": "1"}
         with open(log_path(settings), "ab") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env,

@@ -33,7 +33,7 @@ from ..config import Settings
 from ..errors import BitsmithError
 from ..store import queue
 from ..store.records import QUEUED, RUNNING, RunRecord
-from .admission import run_needs, schedulable, subtract, waiting_reason
+from .admission import env_node_resources, parse_node_resources, run_needs, schedulable, subtract, waiting_reason
 from .execute import execute_run
 from .ray_executor import _Dispatch, _task_options, check_store_fits_cluster, cluster_hosts, ensure_ray
 
@@ -50,6 +50,7 @@ class DispatcherOptions:
     window: int = 256            # queued runs considered per admission pass, in queue order
     tick_s: float = 0.2
     num_cpus: int | None = None  # CPUs of the embedded instance (default: the machine's)
+    resources: dict[str, float] | None = None  # custom resources of the embedded instance (BITSMITH_RAY_RESOURCES)
 
 
 @dataclass
@@ -78,7 +79,8 @@ class Dispatcher:
         queue.acquire_dispatcher(self.db, owner=self.owner, lease_s=self.settings.lease_s,
                                  ray_address=self.options.address)
         try:
-            ensure_ray(self.options.address, self.options.num_cpus, log_to_driver=False)
+            ensure_ray(self.options.address, self.options.num_cpus, log_to_driver=False,
+                       resources=self.options.resources)
             self.address = ray.get_runtime_context().gcs_address
             check_store_fits_cluster(self.db, cluster_hosts())
             self.batch = _Dispatch(db=self.db, settings=self.settings, remote=ray.remote(execute_run),
@@ -293,12 +295,16 @@ def main(argv: list[str] | None = None) -> int:
                                                         "else an embedded instance)")
     parser.add_argument("--max-in-flight", type=int, default=DispatcherOptions.max_in_flight)
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray instance")
+    parser.add_argument("--resources", default=None, help="custom resources of the embedded Ray instance, JSON such "
+                                                          "as '{\"accel\": 1}' (default: BITSMITH_RAY_RESOURCES)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
-    settings = Settings.from_env(ray_address=args.address)
     try:
+        settings = Settings.from_env(ray_address=args.address)
+        resources = (parse_node_resources(args.resources, "--resources") if args.resources is not None
+                     else env_node_resources())
         return serve(settings, DispatcherOptions(address=settings.ray_address, max_in_flight=args.max_in_flight,
-                                                 num_cpus=args.num_cpus))
+                                                 num_cpus=args.num_cpus, resources=resources))
     except BitsmithError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         if exc.hint:

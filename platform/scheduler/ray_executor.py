@@ -45,9 +45,13 @@ def dispatching(db: Any, run_ids: list[str], lease_s: float) -> Iterator[None]:
         thread.join(timeout=5)
 
 
-def ensure_ray(address: str | None = None, num_cpus: int | None = None, log_to_driver: bool = True) -> None:
-    """Join the cluster at `address`, or start an embedded local Ray instance (once per process)."""
+def ensure_ray(address: str | None = None, num_cpus: int | None = None, log_to_driver: bool = True,
+               resources: dict[str, float] | None = None) -> None:
+    """Join the cluster at `address`, or start an embedded local Ray instance (once per process) with `num_cpus`
+    and the custom node `resources` (default: `BITSMITH_RAY_RESOURCES`); a cluster's resources are its own."""
     import ray
+
+    from .admission import env_node_resources
 
     if ray.is_initialized():
         return
@@ -56,7 +60,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, log_to_d
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, **kwargs)
+        ray.init(num_cpus=num_cpus, resources=resources if resources is not None else env_node_resources(), **kwargs)
 
 
 def _task_options(run: Any) -> dict[str, Any]:
@@ -66,6 +70,8 @@ def _task_options(run: Any) -> dict[str, Any]:
                             "max_retries": 0, "retry_exceptions": False}
     if res.get("memory_bytes"):
         opts["memory"] = int(res["memory_bytes"])
+    if res.get("custom"):
+        opts["resources"] = {str(k): float(v) for k, v in res["custom"].items()}
     return opts
 
 

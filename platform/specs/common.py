@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_validator, model_serializer,
+                      model_validator)
+from pydantic_core import PydanticCustomError
 
 from .strict import INT64_MAX
 
@@ -19,10 +21,60 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+# Ray's own resource names: asked for through cpus/gpus/memory_bytes, never as custom resources.
+RESERVED_RESOURCES = {"cpu": "resources.cpus", "gpu": "resources.gpus", "memory": "resources.memory_bytes",
+                      "object_store_memory": None}
+RESOURCE_PRECISION = 1e-4  # Ray refuses fractional amounts finer than this
+
+
+def check_custom_resources(custom: dict[str, float]) -> None:
+    """Validate custom resource `name: amount` pairs; a ValueError says which entry is wrong and why."""
+    for name, amount in custom.items():
+        if not name.strip():
+            raise ValueError(f"a resource name must be a non-empty string; got {name!r}")
+        if name.lower() in RESERVED_RESOURCES:
+            use = RESERVED_RESOURCES[name.lower()]
+            raise ValueError(f"{name!r} is one of Ray's own resources (CPU, GPU, memory, object_store_memory), "
+                             "not a custom one" + (f"; ask for it with {use}" if use else ""))
+        if not amount > 0:
+            raise ValueError(f"{name}: expected an amount > 0; got {amount!r}")
+        if abs(round(amount / RESOURCE_PRECISION) * RESOURCE_PRECISION - amount) > 1e-9:
+            raise ValueError(f"{name}: expected an amount in steps of {RESOURCE_PRECISION:g} (Ray's precision); "
+                             f"got {amount!r}")
+
+
 class Resources(StrictModel):
+    """What a run asks of the cluster; the dispatcher admits it when that much is free.
+
+    `custom` names the node's custom Ray resources (e.g. `{accel: 1}` on a node started with
+    `bitsmith scheduler start --resources '{"accel": 1}'` or `ray start --resources`). Left empty it is not
+    written into the stored spec, so specs without it keep their spec hash.
+    """
+
     cpus: float = Field(1.0, ge=0, description="CPU cores the job needs")
     gpus: float = Field(0.0, ge=0, description="GPUs the job needs (fractions allowed)")
     memory_bytes: int | None = Field(None, gt=0, description="memory the job needs, in bytes")
+    custom: dict[str, float] = Field(default_factory=dict,
+                                     description="custom Ray resources the job needs, name: amount (> 0)")
+
+    @field_validator("custom")
+    @classmethod
+    def _check_custom(cls, custom: dict[str, float]) -> dict[str, float]:
+        try:
+            check_custom_resources(custom)
+        except ValueError as exc:
+            raise PydanticCustomError("custom_resource", str(exc)) from None
+        return custom
+
+    @model_serializer(mode="wrap")
+    def _omit_empty_custom(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if not data.get("custom"):
+            data.pop("custom", None)
+        return data
+
+    def __hash__(self) -> int:  # frozen, but `custom` is a dict
+        return hash((self.cpus, self.gpus, self.memory_bytes, tuple(sorted(self.custom.items()))))
 
 
 class Compute(StrictModel):

@@ -170,7 +170,7 @@ def test_admission_by_resources_priorities_cancel_and_one_dispatcher_per_store(q
     assert [r["run_id"] for r in rows] == [high, low, low2, doomed, gpu]
     assert [r["position"] for r in rows] == [1, 2, 3, 4, 5] and rows[0]["priority"] == 5
     assert {r["waiting_for"] for r in rows[:4]} == {"needs 2 CPU, 0 free"}
-    assert rows[4]["waiting_for"] == "needs 1 GPU, the cluster has 0"
+    assert rows[4]["waiting_for"] == "needs 1 GPU, the cluster has none"
     assert "needs 2 CPU, 0 free" in qcli("queue").out
 
     qcli("runs", "cancel", doomed)  # queued: cancelled at once, never runs
@@ -253,3 +253,45 @@ def test_a_detached_sweep_runs_on_the_dispatcher_within_its_max_concurrency(qcli
     assert [c.status for c in children] == ["succeeded"] * 3
     for before, after in zip(children, children[1:]):  # max_concurrency 1 though 2 CPUs fit four at once
         assert after.started_at >= before.finished_at
+
+
+def test_custom_resources_are_declared_admitted_on_and_shown(qcli) -> None:
+    bad = qcli("scheduler", "start", "--resources", '{"accel": 1.5}', check=False, timeout=60)
+    assert bad.code == 2 and "--resources.accel: expected a whole amount" in bad.err and "Traceback" not in bad.err
+    wrong = qcli.write_spec("w.yaml", "kind: noop\nresources: {custom: {GPU: 1}}\n")
+    refused = qcli("submit", wrong, check=False, timeout=60)
+    assert refused.code == 2 and "resources.custom: 'GPU' is one of Ray's own resources" in refused.err
+    assert "ask for it with resources.gpus" in refused.err and "Traceback" not in refused.err
+
+    started = qcli("scheduler", "start", "--num-cpus", "2", "--resources", '{"accel": 1}', "--json").json()
+    assert started["total"]["accel"] == 1 and started["total"]["CPU"] == 2
+    accel = "kind: noop\nsleep_s: %s\nresources: {cpus: 0.5, custom: {accel: 1}}\n"
+    first = submit(qcli, qcli.write_spec("a1.yaml", accel % 60))
+    db = open_db(qcli)
+    wait_for(lambda: store.get_run(db, first).status == "running", "the first accel run to run")
+    second = submit(qcli, qcli.write_spec("a2.yaml", accel % 0))
+    lacking = submit(qcli, qcli.write_spec("t.yaml", "kind: noop\npayload: t\n"
+                                                     "resources: {cpus: 0, custom: {tpu: 2}}\n"))
+    last: list = []
+
+    def waiting():
+        last[:] = [qcli("queue", "--json").json()]
+        rows = {r["run_id"]: r for r in last[0]}
+        return rows if rows.get(second, {}).get("waiting_for") == "needs 1 accel, 0 free" else None
+
+    rows = wait_for(waiting, f"the second accel run to wait for the accelerator ({last})", timeout_s=20)
+    assert rows[second]["resources"] == {"CPU": 0.5, "accel": 1.0}
+    assert rows[lacking]["waiting_for"] == "needs 2 tpu, the cluster has none"
+    status = qcli("scheduler", "status").out
+    assert "total       2 CPU, " in status and "memory, 1 accel\n" in status, status
+    assert "used        0.5 CPU, 1 accel\n" in status and "free        1.5 CPU, " in status, status
+    assert "node:" not in status  # Ray's node markers are admitted on, not shown
+    assert store.get_run(db, second).status == "queued"  # 1.5 CPUs free, but no accelerator
+    qcli("runs", "cancel", first)  # frees the accelerator
+    runs = wait_for(lambda: all_ended(db, [first, second]), "both accel runs to end", timeout_s=120)
+    assert [r.status for r in runs] == ["cancelled", "succeeded"]
+    assert runs[1].started_at >= runs[0].finished_at  # one accelerator: one after the other
+    assert store.get_run(db, lacking).status == "queued"
+    assert store.get_run(db, second).spec["resources"]["custom"] == {"accel": 1.0}
+    qcli("runs", "cancel", lacking)
+    qcli("scheduler", "stop")
