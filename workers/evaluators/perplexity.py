@@ -67,19 +67,6 @@ def chunk_nll(model: torch.nn.Module, token_chunks: torch.Tensor, batch_size: in
     return total, count
 
 
-@torch.inference_mode()
-def per_chunk_nll(model: torch.nn.Module, token_chunks: torch.Tensor, batch_size: int = 8) -> list[float]:
-    """Summed next-token NLL of each chunk [C, T] (T - 1 tokens predicted per chunk): the numbers a paired
-    bootstrap over chunks resamples; exp(sum / (C * (T - 1))) is `token_perplexity`."""
-    device = next(model.parameters()).device
-    out: list[float] = []
-    for start in range(0, token_chunks.shape[0], batch_size):
-        batch = token_chunks[start:start + batch_size].to(device)
-        targets = torch.cat([batch[:, 1:], torch.full_like(batch[:, :1], -100)], dim=1)
-        out += (-target_logprobs(model, batch, targets).double().sum(dim=1)).tolist()
-    return out
-
-
 def token_perplexity(model: torch.nn.Module, token_chunks: torch.Tensor, batch_size: int = 8,
                      on_batch: Callable[[int], None] | None = None) -> float:
     """exp(mean next-token NLL) over chunks [C, T]."""
