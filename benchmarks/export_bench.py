@@ -2,7 +2,7 @@
 
 For each quantization layout (uniform symmetric 4-bit g32, asymmetric 4-bit g32 with `layout: gguf`, mixed
 2/3/4-bit symmetric and asymmetric, all RTN), exports compressed-tensors, GPTQ and GGUF and measures, in this
-run, on held-out chunks (the last pydoc topics by name): whether each reader's logits equal bitsmith's
+run, on held-out chunks (the test split of the tests' pydoc corpus): whether each reader's logits equal bitsmith's
 `load_quantized_model` (`np.array_equal`), else the max |logit| difference, and the perplexity each gives; the file
 size as a ratio to the dense fp32 safetensors of the source model (measured here), the effective bits per
 weight, and export seconds. Readers: transformers (compressed-tensors: as is when symmetric,
@@ -14,6 +14,9 @@ error from llama.cpp's 8-bit activation rounding in its Q4/Q8 kernels).
 Prints a table and writes `benchmarks/results/export_bench.json` (`export_bench_smollm2.json` for SmolLM2).
 
     python benchmarks/export_bench.py [--model tiny|smollm2|DIR] [--threads 2] [--chunks 4 --seq-len 128]
+
+DIR can be the tests' trained LM (.pytest_cache/bitsmith-fixtures/trained-lm-*/model, built by the first test
+that uses the `trained_lm` fixture): a trained model makes the perplexities meaningful, the random `tiny` does not.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("BITSMITH_NO_PROGRESS", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "export_bench.json"
 MIXED = {r".*mlp\.down_proj": {"bits": 2}, r".*self_attn\.o_proj": {"bits": 3}}
@@ -39,15 +43,13 @@ LAYOUTS = {
 }
 
 
-def tiny_model(work: Path) -> Path:
+def tiny_model(work: Path, corpus: Path) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from bitsmith.workers.data.corpus import build_builtin_corpus
     from bitsmith.workers.data.datasets import read_texts
     from bitsmith.workers.data.tokenizer import train_tokenizer
 
-    corpus = build_builtin_corpus(work / "corpus")
     tok = train_tokenizer(read_texts(corpus, "train")[:2000], vocab_size=2048)
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=256, intermediate_size=512,
@@ -96,6 +98,7 @@ def main() -> None:
     ap.add_argument("--layouts", default=",".join(LAYOUTS), help="comma-separated subset of " + ", ".join(LAYOUTS))
     ap.add_argument("--chunks", type=int, default=4, help="held-out chunks of --seq-len tokens (pydoc topics)")
     ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--out", type=Path, help="JSON file (default benchmarks/results/export_bench[_MODEL].json)")
     ap.add_argument("--no-llamacpp", action="store_true", help="skip llama.cpp even when llama_cpp is importable")
     args = ap.parse_args()
     import importlib.util
@@ -110,21 +113,25 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from bitsmith.workers import quant_format
+    from bitsmith.workers.data.corpus import build_builtin_corpus
+    from bitsmith.workers.data.datasets import read_texts
     from bitsmith.workers.evaluators.perplexity import chunk_tokens, tokenize_joined
     from bitsmith.workers.export_common import safetensors_bits
 
     llamacpp = importlib.util.find_spec("llama_cpp") is not None and not args.no_llamacpp
+    from transformers.utils import logging as hf_logging
+
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     work = Path(tempfile.mkdtemp(prefix="export-bench-"))
-    source = tiny_model(work) if args.model == "tiny" else smollm2(work) if args.model == "smollm2" \
+    corpus = build_builtin_corpus(work / "corpus")  # the tests' pydoc corpus; its test split is the held-out text
+    source = tiny_model(work, corpus) if args.model == "tiny" else smollm2(work) if args.model == "smollm2" \
         else Path(args.model)
     dense_bytes = safetensors_bits(source / "model.safetensors") // 8
-    import pydoc_data.topics
-
-    topics = pydoc_data.topics.topics
-    held_out = [topics[k] for k in sorted(topics)[-40:]]  # the last topics in name order: text, not code
-    chunks = chunk_tokens(tokenize_joined(AutoTokenizer.from_pretrained(source), held_out), args.seq_len, args.chunks)
+    chunks = chunk_tokens(tokenize_joined(AutoTokenizer.from_pretrained(source), read_texts(corpus, "test")),
+                          args.seq_len, args.chunks)
 
     def run(model) -> Scored:
         with torch.no_grad():
@@ -194,7 +201,8 @@ def main() -> None:
           "equality with bitsmith's model (logits, or weights for the gguf dequantizer), reader ppl vs bitsmith ppl, "
           "file size, size / dense fp32, bits per weight (all tensors), bits per weight (quantized layers)")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    out = RESULTS if args.model == "tiny" else RESULTS.with_name(f"export_bench_{Path(args.model).name}.json")
+    out = args.out or (RESULTS if args.model == "tiny"
+                       else RESULTS.with_name(f"export_bench_{Path(args.model).name}.json"))
     out.write_text(json.dumps({"model": args.model, "dense_fp32_bytes": dense_bytes, "chunks": list(chunks.shape),
                                "ppl_fp32_model": fp32.ppl, "command": " ".join(sys.argv), "rows": rows},
                               indent=2) + "\n")
