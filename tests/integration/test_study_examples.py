@@ -24,3 +24,26 @@ def test_the_study_gptq_baseline_is_the_quantize_job_the_search_builds_its_unifo
     ignore = {"name", "tags", "resources"}
     assert gptq.model_dump(exclude=ignore) == built.model_dump(exclude=ignore)
     assert "sm-study-gptq3/model" in search.inputs.baselines
+
+
+def test_the_study_accuracy_task_is_held_out_pydoc_text(pydoc_corpus) -> None:
+    """Every passage and right answer of the bundled multiple-choice file comes from the pydoc test split, none
+    from the calibration split the search and GPTQ see, and the eval job reads that file."""
+    import re
+
+    from bitsmith.workers.data.datasets import read_texts
+    from bitsmith.workers.evaluators.choice import read_choice_file
+
+    def joined(split: str) -> str:
+        return " ".join(re.sub(r"\s+", " ", t).strip() for t in read_texts(pydoc_corpus, split))
+
+    test, calibration = joined("test"), joined("calibration")
+    records = read_choice_file(STUDY / "pydoc_continuation_mc.jsonl")
+    assert len(records) == 48
+    for r in records:
+        passage = f"{r['question']} {r['choices'][r['label']]}"
+        assert passage in test and r["question"] not in calibration
+        assert sum(choice in test for choice in r["choices"]) == len(r["choices"])  # distractors: other test docs
+    tasks = load_spec(STUDY / "eval.yaml").tasks
+    root = STUDY.parents[2]
+    assert [root / t.file for t in tasks if t.type == "choice"] == [STUDY / "pydoc_continuation_mc.jsonl"]

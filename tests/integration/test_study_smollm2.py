@@ -1,7 +1,9 @@
-"""The SmolLM2 study's smallest configuration end to end (slow: ~30 min on 2 busy cores), its orderings asserted.
+"""The SmolLM2 study's smallest configuration end to end (slow: hours on 2 busy cores), its orderings asserted.
 
 Runs the example specs of examples/studies/smollm2/ in-process on the real model (skipped without `make extras`):
-the GPTQ and RTN uniform `quantize` jobs, then the search that names them as baselines.
+the GPTQ and RTN uniform `quantize` jobs, then the search that names them as baselines (evo warm-started from the
+linear fit). Not run to completion yet: on the shared 2-core machine GPTQ with act-order and MSE clipping took
+~280 s per SmolLM2 block (2026-12-03), so the level database alone would take hours.
 """
 from __future__ import annotations
 
@@ -61,3 +63,24 @@ def test_the_search_stays_within_the_uniform_size_and_names_the_gptq_baseline(st
     for method in ("evo", "dp"):
         assert table[method]["effective_bits_per_weight"] <= table["uniform"]["effective_bits_per_weight"] + 1e-9
     assert report["summary"]["best_baseline"]["role"] == "baselines.0"
+
+
+def test_every_method_has_a_row_with_an_interval_against_uniform(study) -> None:
+    _, table, report = study
+    for method in ("evo", "linear", "dp", "baselines.0"):
+        low, high = table[method]["vs_uniform"]["delta_pct_ci"]
+        assert low <= table[method]["vs_uniform"]["delta_pct"] <= high
+    assert report["details"]["linear"]["held_out"]["spearman"] > 0  # the fit predicts unseen configurations
+
+
+def test_the_best_searched_allocation_is_not_worse_than_uniform_gptq_on_held_out_text(study) -> None:
+    """Searched <= uniform at equal effective bits on the fitness-disjoint test split, within the bootstrap's
+    95 % interval (against the GPTQ quantize job, bit-identical to the uniform row)."""
+    from bitsmith.workers.allocation.bootstrap import paired_ppl_difference
+
+    _, table, _ = study
+    ref = table["baselines.0"]
+    tokens = [255] * len(ref["test_chunk_nll"])
+    best = min(("evo", "linear", "dp"), key=lambda m: table[m]["test_token_ppl"])
+    diff = paired_ppl_difference(table[best]["test_chunk_nll"], ref["test_chunk_nll"], tokens)
+    assert diff["delta_pct_ci"][0] <= 0, f"{best} is significantly worse than uniform GPTQ: {diff}"

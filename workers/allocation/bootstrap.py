@@ -42,3 +42,20 @@ def paired_ppl_difference(nll: Sequence[float], baseline_nll: Sequence[float], t
 
 def excludes_zero(interval: Sequence[float]) -> bool:
     return interval[0] > 0 or interval[1] < 0
+
+
+def paired_mean_difference(values: Sequence[float], baseline: Sequence[float], resamples: int = 2000,
+                           level: float = 0.95, seed: int = 0) -> dict[str, Any]:
+    """mean(values) - mean(baseline) over paired items (e.g. per-question correctness), with a paired
+    bootstrap `level` interval."""
+    a, b = np.asarray(values, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError(f"paired arrays of one equal length expected; got {a.shape}, {b.shape}")
+    out: dict[str, Any] = {"delta": float(a.mean() - b.mean()), "items": int(a.size), "resamples": int(resamples),
+                           "level": level}
+    if resamples > 0:
+        idx = np.random.default_rng(seed).integers(0, a.size, size=(resamples, a.size))
+        tail = 100 * (1 - level) / 2
+        low, high = np.percentile(a[idx].mean(-1) - b[idx].mean(-1), [tail, 100 - tail])
+        out["delta_ci"] = [float(low), float(high)]
+    return out
