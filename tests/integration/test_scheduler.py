@@ -72,9 +72,18 @@ def tree(pid: int) -> list[psutil.Process]:
         return []
 
 
+BOTH_STORES = pytest.mark.parametrize("qcli", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
+                                      indirect=True)
+
+
 @pytest.fixture
-def qcli(make_cli, tmp_path):
-    cli = make_cli(tmp_path / "home", LEASE_ENV)
+def qcli(request, make_cli, tmp_path):
+    """A CLI on a fresh store: SQLite, or (parametrized `postgres`) a fresh PostgreSQL database."""
+    if getattr(request, "param", "sqlite") == "postgres":
+        cli = make_cli(tmp_path / "home", {**LEASE_ENV, "BITSMITH_DB_URL": request.getfixturevalue("pg_url")})
+        cli("db", "upgrade")
+    else:
+        cli = make_cli(tmp_path / "home", LEASE_ENV)
     started: list[int] = []
     cli.started = started
     yield cli
@@ -144,6 +153,7 @@ def test_fifty_detached_submissions_share_one_ray_instance_within_a_memory_bound
     assert peak < MEMORY_BOUND_BYTES, f"{peak / 2**20:.0f} MiB"
 
 
+@BOTH_STORES
 def test_admission_by_resources_priorities_cancel_and_one_dispatcher_per_store(qcli) -> None:
     started = qcli("scheduler", "start", "--num-cpus", "2", "--json").json()
     assert started["alive"] and started["total"]["CPU"] == 2
@@ -190,6 +200,7 @@ def test_admission_by_resources_priorities_cancel_and_one_dispatcher_per_store(q
     assert qcli("scheduler", "status", "--json").json()["alive"] is False
 
 
+@BOTH_STORES
 def test_dispatcher_killed_mid_queue_and_restarted_ends_every_run_exactly_once(qcli) -> None:
     spec = qcli.write_spec("s.yaml", "kind: noop\nsleep_s: 2\nretries: 2\n")
     qcli("scheduler", "start", "--num-cpus", "2")
@@ -215,26 +226,6 @@ def test_dispatcher_killed_mid_queue_and_restarted_ends_every_run_exactly_once(q
         events = store.run_events(db, run_id)
         assert [e.to_status for e in events].count("running") == 2, [(e.to_status, e.message) for e in events]
         assert store.get_run(db, run_id).attempt == 2
-
-
-@pytest.mark.postgres
-def test_the_dispatcher_on_postgresql(make_cli, pg_url, tmp_path) -> None:
-    cli = make_cli(tmp_path / "home", {**LEASE_ENV, "BITSMITH_DB_URL": pg_url})
-    try:
-        cli("db", "upgrade")
-        spec = cli.write_spec("p.yaml", "kind: noop\nresources: {cpus: 2}\n")
-        cli("scheduler", "start", "--num-cpus", "2")
-        refused = cli("scheduler", "start", "--foreground", check=False, timeout=60)
-        assert refused.code == 2 and "already has a dispatcher" in refused.err
-        run_ids = [submit(cli, spec, "--set", f"payload=q{i}", "--priority", str(i)) for i in range(3)]
-        db = open_db(cli)
-        runs = wait_for(lambda: all_ended(db, run_ids), "the runs to end", timeout_s=120)
-        assert [r.status for r in runs] == ["succeeded"] * 3
-        assert all(terminal_events(db, r) == ["succeeded"] for r in run_ids)
-        cli("scheduler", "stop")
-    finally:
-        kill_tree(dispatcher_pid(cli.home))
-        store.dispose_engines(pg_url)
 
 
 def test_a_detached_sweep_runs_on_the_dispatcher_within_its_max_concurrency(qcli) -> None:
@@ -295,3 +286,48 @@ def test_custom_resources_are_declared_admitted_on_and_shown(qcli) -> None:
     assert store.get_run(db, second).spec["resources"]["custom"] == {"accel": 1.0}
     qcli("runs", "cancel", lacking)
     qcli("scheduler", "stop")
+
+
+@pytest.mark.slow  # a real `ray start` cluster and two dispatchers: ~1 min on 2 busy cores
+def test_a_dispatcher_joined_to_a_cluster_and_killed_loses_its_running_attempts_to_retries(make_cli, tmp_path) -> None:
+    """What happens to running runs when a dispatcher that joined a cluster (`--address`) is SIGKILLed: Ray ends
+    the tasks of the dead driver (the cluster itself stays up), so the attempt in flight is not adopted: it is
+    re-queued while `retries` last (else failed, with the reason) and the restarted dispatcher runs it again.
+    Queued runs wait in the store meanwhile. The cluster's own custom resources (`head`) come from Ray."""
+    from raycluster import LocalRayCluster, cluster_env, short_temp_dir
+
+    cluster = LocalRayCluster(short_temp_dir())
+    cli = None
+    try:
+        cluster.start_head(cpus=2)
+        cli = make_cli(tmp_path / "home", {**LEASE_ENV, "BITSMITH_RAY_ADDRESS": cluster.address,
+                                           "RAY_AUTH_MODE": cluster_env()["RAY_AUTH_MODE"]})
+        started = cli("scheduler", "start", "--json").json()
+        assert started["ray_address"] == cluster.address and started["embedded"] is False
+        assert started["total"]["head"] == 1 and started["total"]["CPU"] == 2  # the cluster's, from Ray
+        retried = submit(cli, cli.write_spec("r.yaml", "kind: noop\nsleep_s: 10\nretries: 1\n"
+                                                       "resources: {cpus: 1, custom: {head: 1}}\n"))
+        doomed = submit(cli, cli.write_spec("d.yaml", "kind: noop\nsleep_s: 10\npayload: d\n"))
+        waiting = submit(cli, cli.write_spec("w.yaml", "kind: noop\npayload: w\nresources: {cpus: 0, "
+                                                       "custom: {head: 1}}\n"))  # after `retried`: head is taken
+        db = open_db(cli)
+        running = wait_for(lambda: all(store.get_run(db, r).status == "running" for r in (retried, doomed))
+                           and [store.get_run(db, r) for r in (retried, doomed)], "both runs to run")
+        assert store.get_run(db, waiting).status == "queued"
+        kill_tree(dispatcher_pid(cli.home))  # the dispatcher alone: the cluster and its raylet stay up
+        wait_for(lambda: not any(psutil.pid_exists(r.pid) for r in running), "Ray to end the dead driver's tasks",
+                 timeout_s=60)
+        assert store.get_run(db, waiting).status == "queued"
+        cli("scheduler", "start")
+        runs = wait_for(lambda: all_ended(db, [retried, doomed, waiting]), "the runs to end", timeout_s=180)
+        assert [r.status for r in runs] == ["succeeded", "failed", "succeeded"]
+        assert runs[0].attempt == 2 and "re-queued for attempt 2 of 2" in " ".join(
+            e.message or "" for e in store.run_events(db, retried))
+        assert "retries used up (0)" in runs[1].error
+        for run in runs:
+            assert len(terminal_events(db, run.id)) == 1
+        cli("scheduler", "stop")
+    finally:
+        if cli is not None:
+            kill_tree(dispatcher_pid(cli.home))
+        cluster.shutdown()
