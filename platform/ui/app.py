@@ -160,9 +160,9 @@ def _api_routes(app: FastAPI, db: Any, settings: Any, access: Access) -> None:
                         headers={"content-disposition": f'attachment; filename="lineage.{ext}"'})
 
     @app.get("/api/sweeps", tags=["sweeps"])
-    def sweeps(limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=1 << 31)) -> dict[str, Any]:
-        """Sweeps, newest first, with their child counts."""
-        return sweepviews.sweeps_list(db, limit=limit, offset=offset)
+    def sweeps(limit: int = Query(50, ge=1, le=500), cursor: str | None = None) -> dict[str, Any]:
+        """Sweeps, newest first, with their child counts; pass `next_cursor` back as `cursor` for the next page."""
+        return sweepviews.sweeps_list(db, limit=limit, cursor=cursor or None)
 
     @app.get("/api/sweeps/{ref}", tags=["sweeps"])
     def sweep(ref: str) -> dict[str, Any]:

@@ -6,23 +6,22 @@ import re
 from typing import Any
 
 from .. import store
-from ..store.ui_rows import sweeps_with_child_counts
+from ..store.queries import list_sweeps
 from ..errors import ArtifactError, NotFoundError, UsageError
 from .files import read_json
 from .jsonable import jsonable
+from .views import series_source
 
 TRAJECTORY_KEYS = ("evo/kl", "evo/evaluations", "bisect/calibration_ppl")
 _BLOCK = re.compile(r"\.(\d+)\.")
 
 
-def sweeps_list(db: Any, *, limit: int = 50, offset: int = 0) -> dict[str, Any]:
-    """Sweeps, newest first, with their child counts (a read-only query of the sweeps table)."""
-    if not 1 <= limit <= 500 or offset < 0:
-        raise UsageError(f"limit {limit}, offset {offset}: expected a limit of 1 to 500 and an offset >= 0")
-    rows = sweeps_with_child_counts(db, limit=limit, offset=offset)
+def sweeps_list(db: Any, *, limit: int = 50, cursor: str | None = None) -> dict[str, Any]:
+    """One keyset page of sweeps, newest first, with their child counts; `next_cursor` continues it."""
+    page = list_sweeps(db, limit=limit, cursor=cursor)
     return jsonable({"rows": [{"id": r.id, "name": r.name, "status": r.status, "created_at": r.created_at,
-                               "children": r.n or 0} for r in rows[:limit]],
-                     "next_offset": offset + limit if len(rows) > limit else None})
+                               "children": r.children} for r in page.rows],
+                     "next_cursor": page.next_cursor})
 
 
 def sweep_page(db: Any, ref: str) -> dict[str, Any]:
@@ -65,10 +64,11 @@ def search_page(db: Any, artifact_root: str, ref: str) -> dict[str, Any]:
     except (ArtifactError, NotFoundError, ValueError, AttributeError) as exc:
         return jsonable({"run_id": r.id, "error": str(exc), "heat_map": heat, "table": table, "trajectory": {}})
     trajectory: dict[str, list[list[float]]] = {}
-    for m in store.get_metrics(db, r.id):
+    for m in store.get_metrics(db, series_source(r)):  # a cache hit: its original's
         if m.key in TRAJECTORY_KEYS and m.step is not None:
             trajectory.setdefault(m.key, []).append([m.step, m.value])
-    return jsonable({"run_id": r.id, "heat_map": heat, "table": table, "trajectory": trajectory})
+    return jsonable({"run_id": r.id, "series_of": series_source(r), "heat_map": heat, "table": table,
+                     "trajectory": trajectory})
 
 
 def heat_map(layers: dict[str, Any]) -> dict[str, Any]:

@@ -47,7 +47,7 @@ def run_page(db: Any, ref: str) -> dict[str, Any]:
     r = store.get_run(db, ref)
     finals = store.final_metrics(db, [r.id]).get(r.id, {})
     series: dict[str, int] = {}
-    for m in store.get_metrics(db, r.id):
+    for m in store.get_metrics(db, series_source(r)):
         if m.step is not None:
             series[m.key] = series.get(m.key, 0) + 1
     return jsonable({
@@ -63,15 +63,23 @@ def run_page(db: Any, ref: str) -> dict[str, Any]:
         "outputs": _edges(db, store.run_outputs(db, r.id)),
         "events": store.run_events(db, r.id),
         "series": series,
+        "series_of": series_source(r),
         "reproductions": reproductions(db, r),
     })
 
 
+def series_source(r: Any) -> str:
+    """The run whose metric series `r` shows: a cache hit has its original's final metrics and outputs but no
+    series of its own, so it shows its original's."""
+    return r.cache_hit_of or r.id
+
+
 def metric_series(db: Any, ref: str, key: str | None = None) -> dict[str, Any]:
-    """Each stepped metric series of the run as [[step, value], ...] (thinned to MAX_POINTS), and the point counts."""
+    """Each stepped metric series of the run (a cache hit: of its original) as [[step, value], ...] (thinned to
+    MAX_POINTS), and the point counts."""
     r = store.get_run(db, ref)
     raw: dict[str, list[tuple[int, float]]] = {}
-    for m in store.get_metrics(db, r.id, key):
+    for m in store.get_metrics(db, series_source(r), key):
         if m.step is not None:
             raw.setdefault(m.key, []).append((m.step, m.value))
     series, counts = {}, {}
@@ -81,7 +89,7 @@ def metric_series(db: Any, ref: str, key: str | None = None) -> dict[str, Any]:
             stride = len(points) / MAX_POINTS
             points = [points[int(i * stride)] for i in range(MAX_POINTS - 1)] + [points[-1]]
         series[k] = [[s, v] for s, v in points]
-    return jsonable({"run_id": r.id, "series": series, "counts": counts})
+    return jsonable({"run_id": r.id, "series_of": series_source(r), "series": series, "counts": counts})
 
 
 def log_chunk(db: Any, settings: Any, ref: str, offset: int = 0) -> dict[str, Any]:
@@ -154,7 +162,7 @@ def compare_page(db: Any, refs: list[str]) -> dict[str, Any]:
     metric_keys = sorted({k for r in runs for k in finals.get(r.id, {})})
     series = {}
     for r in runs:
-        series[r.id] = sorted({m.key for m in store.get_metrics(db, r.id) if m.step is not None})
+        series[r.id] = sorted({m.key for m in store.get_metrics(db, series_source(r)) if m.step is not None})
     return jsonable({"runs": [run_brief(r, finals.get(r.id, {})) for r in runs], "spec_diff": diff,
                      "metric_keys": metric_keys, "series": series})
 

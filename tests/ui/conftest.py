@@ -1,4 +1,5 @@
-"""A store filled by real CLI jobs (noop runs, a consumer, a two-objective sweep), shared by the UI tests."""
+"""A store filled by real CLI jobs (noop runs, a consumer, a two-objective sweep, a sweep with a failing child, an
+evo search on a tiny random Llama and its cache hit), shared by the UI tests."""
 from __future__ import annotations
 
 import json
@@ -24,6 +25,23 @@ parameters:
 max_concurrency: 2
 objectives: [{metric: noop/metrics_logged, goal: max}, {metric: noop/value, goal: min}]
 """
+FLAKY = {"kind": "sweep", "name": "flaky", "strategy": "grid", "parameters": {"fail": [False, True]},
+         "base": {"kind": "noop"}}  # one child fails: a sweep to resume
+GENERATIONS = 4
+# An evo search cheap enough for a fixture (a few seconds of work on a 2-block, hidden-32 random Llama): RTN levels
+# at 2/3/4 bits per channel, GENERATIONS generations of 4 children, the uniform row from the same levels.
+SEARCH = {"kind": "search", "name": "ui-search",
+          "method": {"type": "evo", "generations": GENERATIONS, "offspring": 4, "fitness_sequences": 2,
+                     "fitness_seq_len": 16, "stages": [{"survivors": 1, "sequences": 2}], "checkpoint_every": 100},
+          "levels": {"bits": [2, 3, 4], "group_size": None, "sequences": 4, "seq_len": 32, "method": {"type": "rtn"},
+                     "mse_clip": False},
+          "report": {"uniform": "levels", "test_seq_len": 16, "test_max_chunks": 2, "bootstrap_resamples": 0,
+                     "pareto_uniform_levels": False},
+          "budget": {"type": "avg_bits", "bits_per_weight": 3.0}, "compute": {"device": "cpu"}}
+SEARCH_TEXT_MODULES = ("json", "os", "subprocess", "pydoc", "textwrap", "argparse", "collections", "dataclasses",
+                       "functools", "itertools", "logging", "pathlib", "re", "shutil", "socket", "string",
+                       "threading", "typing", "unittest", "zipfile", "tarfile", "csv", "datetime", "decimal",
+                       "fractions", "heapq", "inspect", "random")
 
 
 @dataclass
@@ -36,6 +54,16 @@ class UIStore:
     sweep_id: str
     dataset_digest: str = ""  # a directory artifact (the arithmetic task)
     sweep_runs: list[str] = field(default_factory=list)
+    flaky_sweep_id: str = ""  # a sweep whose fail=true child failed
+    flaky_runs: list[str] = field(default_factory=list)
+    search_run: str = ""      # an evo search (GENERATIONS generations logged)
+    search_hit: str = ""      # a cache hit of it (no metric rows of its own)
+    corpus_digest: str = ""   # the text dataset the search calibrated on
+    model_digest: str = ""    # the tiny model it searched
+
+    @property
+    def run_count(self) -> int:
+        return 2 + FANOUT + len(self.sweep_runs) + len(self.flaky_runs) + 2
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "bitsmith.platform.cli.main", *args], cwd=ROOT, env=self.env,
@@ -87,7 +115,49 @@ def ui_store(tmp_path_factory) -> UIStore:
     data = json.loads(_ok(s.cli("data", "arithmetic", "--n-train", "20", "--n-calibration", "2", "--n-test", "5",
                                 "--max-operand", "9", "--json")))
     s.dataset_digest = data["digest"]
+    (specs / "flaky.yaml").write_text(json.dumps(FLAKY))
+    flaky = json.loads(_ok(s.cli("sweep", "run", str(specs / "flaky.yaml"), "--executor", "local", "--json")))
+    s.flaky_runs = [r["run_id"] for r in flaky["rows"]]
+    s.flaky_sweep_id = _sweep_of(s, s.flaky_runs[0])
+    _search(s, home)
     return s
+
+
+def _search(s: UIStore, home: Path) -> None:
+    """A text dataset and a random tiny Llama (registered through the CLI), an evo search on them, its cache hit."""
+    import importlib
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from bitsmith.workers.data.tokenizer import train_tokenizer
+
+    texts = [d for d in (importlib.import_module(m).__doc__ or "" for m in SEARCH_TEXT_MODULES) if len(d) > 200]
+    folder = home / "texts"
+    folder.mkdir()
+    for i, text in enumerate(texts):
+        (folder / f"doc{i}.txt").write_text(text)
+    s.corpus_digest = json.loads(_ok(s.cli("data", "import", str(folder), "--kind", "text", "--name", "ui-texts",
+                                           "--json")))["digest"]
+    tok = train_tokenizer(texts, vocab_size=300)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=64, tie_word_embeddings=True, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id))
+    model_dir = home / "tiny-llama"
+    model.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    s.model_digest = json.loads(_ok(s.cli("models", "import", str(model_dir), "--name", "ui-tiny-llama",
+                                          "--json")))["digest"]
+    spec = home / "specs" / "search.json"
+    spec.write_text(json.dumps({**SEARCH, "inputs": {"model": s.model_digest, "calibration": s.corpus_digest}}))
+    first = json.loads(_ok(s.cli("submit", str(spec), "--executor", "local", "--wait", "--json")))
+    assert first["status"] == "succeeded" and not first["cache_hit"], first
+    s.search_run = first["run_id"]
+    again = json.loads(_ok(s.cli("submit", str(spec), "--executor", "local", "--wait", "--json")))
+    assert again["cache_hit_of"] == s.search_run, again
+    s.search_hit = again["run_id"]
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from bitsmith.platform.ui.app import create_app
 from bitsmith.platform.ui.auth import Access
 
-from .conftest import FANOUT, HOSTILE_NAME, SERIES_POINTS
+from .conftest import FANOUT, GENERATIONS, HOSTILE_NAME, SERIES_POINTS
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def test_openapi_lists_the_read_routes_and_no_write_route(client) -> None:
 
 def test_runs_filters_sort_and_cursor(client, ui_store) -> None:
     every = client.get("/api/runs", params={"limit": 100}).json()["rows"]
-    assert len(every) == 2 + FANOUT + len(ui_store.sweep_runs)
+    assert len(every) == ui_store.run_count
     hits = client.get("/api/runs", params={"metric": "noop/metrics_logged >= 5", "sort": "metric:noop/value",
                                            "desc": "false"}).json()["rows"]
     expected = sorted((r for r in every if r["metrics"].get("noop/metrics_logged", 0) >= 5),
@@ -72,7 +72,9 @@ def test_run_metrics_log_compare(client, ui_store) -> None:
 
 def test_artifacts_where_and_download(client, ui_store) -> None:
     rows = client.get("/api/artifacts", params={"where": "size_bytes>0", "kind": "dataset"}).json()["rows"]
-    assert [a["digest"] for a in rows] == [ui_store.dataset_digest]
+    assert {a["digest"] for a in rows} == {ui_store.dataset_digest, ui_store.corpus_digest}
+    named = client.get("/api/artifacts", params={"where": "name==ui-texts", "kind": "dataset"}).json()["rows"]
+    assert [a["digest"] for a in named] == [ui_store.corpus_digest]
     bad = client.get("/api/artifacts", params={"where": "size_bytes>>"})
     assert bad.status_code == 400 and "where" in bad.json()["error"]
     page = client.get(f"/api/artifacts/{ui_store.result_digest[:12]}").json()
@@ -100,7 +102,17 @@ def test_lineage_and_exports(client, ui_store) -> None:
 
 def test_sweeps_and_search(client, ui_store) -> None:
     listed = client.get("/api/sweeps").json()["rows"]
-    assert {s["id"] for s in listed} >= {ui_store.sweep_id}
+    assert {s["id"] for s in listed} >= {ui_store.sweep_id, ui_store.flaky_sweep_id}
+    seen, cursor = [], None
+    while True:  # keyset pages of one sweep
+        page = client.get("/api/sweeps", params={"limit": 1, **({"cursor": cursor} if cursor else {})}).json()
+        seen += [s["id"] for s in page["rows"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [s["id"] for s in listed]
+    bad = client.get("/api/sweeps", params={"cursor": "%%%"})
+    assert bad.status_code == 400 and "cursor" in bad.json()["error"]
     sweep = client.get(f"/api/sweeps/{ui_store.sweep_id[:10]}").json()
     assert len(sweep["rows"]) == len(ui_store.sweep_runs) and any(r["pareto"] for r in sweep["rows"])
     res = client.get(f"/api/searches/{ui_store.hostile_run}")
@@ -120,3 +132,48 @@ def test_pages_are_shells_that_escape_the_path_and_load_only_own_assets(client, 
     assert "<script>alert" not in hostile.text and '&quot;&gt;&lt;script&gt;alert(1)' in hostile.text
     assert client.get("/static/app.js").status_code == 200
     assert client.get("/static/../app.py").status_code == 404
+
+
+def _outputs_json(ui_store, ui_db, run_id: str, role: str, path: str | None = None):
+    from bitsmith.platform import store
+    from bitsmith.platform.ui.files import read_json
+
+    edge = next(e for e in store.run_outputs(ui_db, run_id) if e.role == role)
+    return read_json(ui_db, ui_store.settings().artifact_root, edge.digest, path)
+
+
+def test_a_real_search_heat_map_trajectory_and_uniform(client, ui_store, ui_db) -> None:
+    from bitsmith.platform import store
+
+    d = client.get(f"/api/searches/{ui_store.search_run[:10]}").json()
+    layers = _outputs_json(ui_store, ui_db, ui_store.search_run, "allocation", "allocation.json")["layers"]
+    heat = d["heat_map"]  # one cell per layer of the recorded allocation, holding its bits
+    assert len(heat["blocks"]) * len(heat["kinds"]) == len(layers) >= 14
+    for name, entry in layers.items():
+        block = int(name.split(".layers.")[1].split(".")[0])
+        kind = name.split(f".layers.{block}.")[1]
+        assert heat["bits"][heat["blocks"].index(block)][heat["kinds"].index(kind)] == entry["bits"]
+    assert {b for row in heat["bits"] for b in row} <= {2, 3, 4}
+    logged = [(m.step, m.value) for m in store.get_metrics(ui_db, ui_store.search_run, "evo/kl") if m.step is not None]
+    assert [tuple(p) for p in d["trajectory"]["evo/kl"]] == logged and len(logged) == GENERATIONS
+    assert [p[0] for p in d["trajectory"]["evo/evaluations"]] == list(range(1, GENERATIONS + 1))
+    report = _outputs_json(ui_store, ui_db, ui_store.search_run, "report")
+    assert [r["method"] for r in d["table"]] == [r["method"] for r in report["table"]]
+    rows = {r["method"]: r for r in d["table"]}
+    assert {"evo", "uniform"} <= rows.keys()  # the allocation beside uniform, at the same budget
+    assert rows["evo"]["avg_bits"] == pytest.approx(3.0) and rows["uniform"]["avg_bits"] == pytest.approx(3.0)
+    finals = client.get(f"/api/runs/{ui_store.search_run}").json()["run"]["metrics"]  # the metric rows agree
+    assert rows["uniform"]["test_token_ppl"] == finals["uniform/test/token_ppl"]
+    assert rows["evo"]["test_token_ppl"] == finals["test/token_ppl"]
+
+
+def test_a_cache_hit_shows_its_originals_series(client, ui_store) -> None:
+    original = client.get(f"/api/searches/{ui_store.search_run}").json()
+    hit = client.get(f"/api/searches/{ui_store.search_hit}").json()
+    assert hit["run_id"] == ui_store.search_hit and hit["series_of"] == ui_store.search_run
+    assert hit["trajectory"] == original["trajectory"] and hit["heat_map"] == original["heat_map"]
+    page = client.get(f"/api/runs/{ui_store.search_hit}").json()
+    assert page["run"]["cache_hit_of"] == ui_store.search_run and page["series_of"] == ui_store.search_run
+    assert page["series"] == {"evo/kl": GENERATIONS, "evo/evaluations": GENERATIONS}
+    series = client.get(f"/api/runs/{ui_store.search_hit}/metrics").json()
+    assert series["counts"] == page["series"]

@@ -12,7 +12,7 @@ from .conftest import FANOUT, HOSTILE_NAME, SERIES_POINTS
 
 def test_runs_page_filters_sorts_and_pages(ui_store, ui_db) -> None:
     every = views.runs_page(ui_db, RunQuery(limit=100))["rows"]
-    assert len(every) == 2 + FANOUT + len(ui_store.sweep_runs)
+    assert len(every) == ui_store.run_count
     assert [r["id"] for r in views.runs_page(ui_db, RunQuery(tag="demo"))["rows"]] == [ui_store.hostile_run]
     assert [r["id"] for r in views.runs_page(ui_db, RunQuery(name_contains="<script>"))["rows"]] == [
         ui_store.hostile_run]
@@ -87,8 +87,11 @@ def test_sweep_page_marks_the_pareto_front(ui_store, ui_db) -> None:
     front = [r for r in page["rows"] if r["pareto"]]
     assert front and all(r["status"] == "succeeded" for r in front)
     listed = sweepviews.sweeps_list(ui_db)["rows"]
-    assert listed[0]["id"] == ui_store.sweep_id and listed[0]["children"] == len(ui_store.sweep_runs)
-    assert [r["children"] for r in listed] == [len(ui_store.sweep_runs), FANOUT]
+    assert [r["id"] for r in listed[:2]] == [ui_store.flaky_sweep_id, ui_store.sweep_id]
+    assert [r["children"] for r in listed] == [len(ui_store.flaky_runs), len(ui_store.sweep_runs), FANOUT]
+    first = sweepviews.sweeps_list(ui_db, limit=2)
+    rest = sweepviews.sweeps_list(ui_db, limit=2, cursor=first["next_cursor"])
+    assert [r["id"] for r in first["rows"] + rest["rows"]] == [r["id"] for r in listed] and not rest["next_cursor"]
 
 
 def test_artifacts_and_compare(ui_store, ui_db) -> None:

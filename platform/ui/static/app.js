@@ -220,7 +220,7 @@
       heat.kinds.forEach((k, j) => {
         const v = heat.bits[i][j], f = typeof v === "number" ? (v - lo) / (hi - lo || 1) : null;
         const fill = f === null ? "#f3f4f6" : `hsl(${20 + 200 * f}, 65%, ${78 - 30 * f}%)`;
-        svg.append(...kids(s("rect", {x: left + j * cw, y: top + i * ch, width: cw - 2, height: ch - 2, fill, class: "cell",
+        svg.append(...kids(s("rect", {x: left + j * cw, y: top + i * ch, width: cw - 2, height: ch - 2, fill, class: "cell", "data-block": b, "data-kind": k, "data-bits": v ?? "",
                               onmousemove: (ev) => showTip(ev, `block ${b} ${k}: ${fmtNum(v)} bits`), onmouseleave: hideTip}),
                    s("text", {x: left + j * cw + cw / 2, y: top + i * ch + 15, "text-anchor": "middle"}, fmtNum(v))));
       });
@@ -340,7 +340,7 @@
       }));
       const rows = page.rows.map((r) => h("tr", {"data-run": r.id}, h("td", {}, h("input", {type: "checkbox", checked: selected.has(r.id), onchange: (ev) => {
         if (ev.target.checked) selected.add(r.id); else selected.delete(r.id); compareBtn.disabled = selected.size < 1;
-      }})), cols.map((c) => { const v = runCell(r, c); return v instanceof Node && v.tagName === "TD" ? v : h("td", {"data-col": c}, v); })));
+      }})), cols.map((c) => { const v = runCell(r, c); if (v instanceof Node && v.tagName === "TD") { v.dataset.col = c; return v; } return h("td", {"data-col": c}, v); })));
       holder.replaceChildren(...kids(page.rows.length ? h("table", {id: "runs"}, h("thead", {}, head), h("tbody", {}, rows))
                                               : h("p", {class: "muted", id: "runs-empty"}, "no runs match")));
       const first = new URLSearchParams(location.search); first.delete("cursor");
@@ -374,7 +374,7 @@
   async function pageRun() {
     const d = await get("run", `/api/runs/${enc(REF)}`);
     const r = d.run;
-    const out = h("span", {class: "muted"});
+    const out = h("span", {class: "muted", id: "write-result"});
     const actions = WRITABLE && !REPORT ? h("div", {class: "row"},
       TERMINAL.has(r.status) ? null : h("button", {onclick: () => write(`/api/runs/${enc(r.id)}/cancel`, undefined, out)}, "cancel"),
       r.status === "succeeded" ? h("button", {onclick: () => write(`/api/runs/${enc(r.id)}/reproduce`, undefined, out)}, "reproduce") : null,
@@ -401,7 +401,7 @@
           ? table(["metric", "value"], Object.entries(r.metrics).map(([k, v]) => [k, numTd(v)]), {id: "final-metrics"})
           : h("p", {class: "muted"}, "none"))),
       r.error ? section("Error", h("pre", {class: "err"}, r.error), r.traceback ? h("details", {}, h("summary", {}, "traceback"), h("pre", {}, r.traceback)) : null) : null,
-      section("Metric series", charts),
+      section("Metric series", d.series_of && d.series_of !== r.id ? h("p", {class: "muted", id: "series-of"}, "a cache hit: the series of its original run ", runLink(d.series_of)) : null, charts),
       section("Spec", specWithLinks(d.spec_yaml)),
       h("div", {class: "row"},
         h("div", {}, h("h2", {}, "Inputs"), edgesTable(d.inputs)),
@@ -414,7 +414,7 @@
         [fmtTime(e.at), e.from_status || "—", statusEl(e.to_status), String(e.attempt), e.message || ""]), {id: "events"})),
       section("Reproductions", d.reproductions.length ? table(["original", "reproduction", "verdict", "differing outputs", "differing metrics", "changed modules"],
         d.reproductions.map((x) => [runLink(x.original), runLink(x.reproduction), h("span", {class: x.matches ? "status-succeeded" : "status-failed"}, x.matches ? "matches" : `differs (${x.reproduction_status})`),
-                                    x.differing_outputs.join(", ") || "—", x.differing_metrics.join(", ") || "—", (x.changed_modules || []).join(", ") || "—"]))
+                                    x.differing_outputs.join(", ") || "—", x.differing_metrics.join(", ") || "—", Object.entries(x.changed_modules || {}).map(([m, c]) => `${m} (${c})`).join(", ") || "—"]))
         : h("p", {class: "muted"}, "no other run of the same cache key")),
       section("Lineage", lineageBox),
       section("Log", REPORT ? null : h("label", {}, follow, " follow"), logPre)));
@@ -451,7 +451,7 @@
       section("Final metrics", table(["metric", ...runs.map((r) => runLink(r.id, `${r.name || ""} ${short(r.id, 8)}`))],
         d.metric_keys.map((k) => [k, ...runs.map((r) => numTd(r.metrics[k]))]), {id: "compare-metrics"})),
       section("Spec differences", d.spec_diff.length ? table(["field", ...runs.map((r) => short(r.id, 8))],
-        d.spec_diff.map((x) => [x.field, ...x.values.map((v) => h("td", {class: "diff mono"}, fmtValue(v)))])) : h("p", {class: "muted"}, "specs are identical")),
+        d.spec_diff.map((x) => [x.field, ...x.values.map((v) => h("td", {class: "diff mono"}, fmtValue(v)))]), {id: "spec-diff"}) : h("p", {class: "muted"}, "specs are identical")),
       section("Curves", curves)));
     const series = await Promise.all(runs.map((r) => api(`/api/runs/${enc(r.id)}/metrics`)));
     const keys = [...new Set(runs.flatMap((r) => d.series[r.id]))].sort();
@@ -546,16 +546,21 @@
   }
 
   async function pageSweeps() {
-    const d = await api("/api/sweeps", {limit: 200});
+    const p = new URLSearchParams(location.search);
+    const d = await api("/api/sweeps", {limit: p.get("limit") || 50, cursor: p.get("cursor")});
+    const next = new URLSearchParams(location.search); if (d.next_cursor) next.set("cursor", d.next_cursor);
+    const first = new URLSearchParams(location.search); first.delete("cursor");
     app.replaceChildren(...kids(h("h1", {}, "Sweeps"), d.rows.length ? table(["sweep", "name", "status", "children", "created"], d.rows.map((x) =>
       [link(`/sweeps/${enc(x.id)}`, short(x.id)), x.name || "—", statusEl(x.status), String(x.children), fmtTime(x.created_at)]), {id: "sweeps"})
-      : h("p", {class: "muted"}, "no sweeps yet")));
+      : h("p", {class: "muted"}, "no sweeps yet"),
+      h("div", {class: "pager"}, p.get("cursor") ? h("a", {href: `?${first}`}, "« first page") : null,
+        d.next_cursor ? h("a", {href: `?${next}`, id: "next-page"}, "next page »") : h("span", {class: "muted"}, "last page"))));
   }
 
   async function pageSweep() {
     const d = await get("sweep", `/api/sweeps/${enc(REF)}`);
     const sw = d.sweep, objectives = d.objectives.map((o) => o.metric);
-    const out = h("span", {class: "muted"});
+    const out = h("span", {class: "muted", id: "write-result"});
     const rows = d.rows;
     const label = (r) => `run ${short(r.run_id)} (${r.status})\n${Object.entries(r.params).map(([k, v]) => `${k}=${fmtValue(v)}`).join(" ")}\n` +
       objectives.map((k) => `${k}: ${fmtNum(r.metrics[k])}`).join("\n");
@@ -580,7 +585,8 @@
     drawSearch(app, d, true);
   }
   function drawSearch(where, d, heading) {
-    if (heading) where.replaceChildren(...kids(h("h1", {}, "Search ", runLink(d.run_id))));
+    if (heading) where.replaceChildren(...kids(h("h1", {}, "Search ", runLink(d.run_id)),
+      d.series_of && d.series_of !== d.run_id ? h("p", {class: "muted", id: "series-of"}, "a cache hit: the trajectory of its original run ", runLink(d.series_of)) : null));
     if (d.error) where.append(...kids(h("p", {class: "err"}, d.error)));
     where.append(...kids(section("Bits per layer", d.heat_map && d.heat_map.blocks.length ? h("div", {id: "heat"}, heatMap(d.heat_map)) : h("p", {class: "muted"}, "no allocation recorded"))));
     const traj = h("div", {class: "row"});
@@ -588,7 +594,7 @@
     where.append(...kids(section("Fitness trajectory", Object.keys(d.trajectory || {}).length ? traj : h("p", {class: "muted"}, "no trajectory logged"))));
     if (d.table && d.table.length) {
       const cols = Object.keys(d.table[0]);
-      where.append(...kids(section("Allocation beside uniform", table(cols, d.table.map((row) => cols.map((c) => typeof row[c] === "number" ? numTd(row[c]) : String(row[c] ?? "—")))),
+      where.append(...kids(section("Allocation beside uniform", table(cols, d.table.map((row) => cols.map((c) => typeof row[c] === "number" ? numTd(row[c]) : String(row[c] ?? "—"))), {id: "vs-uniform"}),
         h("div", {class: "row"}, ["test_token_ppl", "avg_bits"].filter((c) => d.table.some((row) => typeof row[c] === "number"))
           .map((c) => bars(c, d.table.map((row) => ({label: String(row.method), value: row[c]}))))))));
     }
