@@ -297,7 +297,7 @@ def test_search_page_heat_map_trajectory_and_uniform(server, page, ui_store, sho
     assert drawn == {(str(b), k): str(heat["bits"][i][j]) for i, b in enumerate(heat["blocks"])
                      for j, k in enumerate(heat["kinds"])}
     for key in ("evo/kl", "evo/evaluations"):  # one point per generation logged
-        chart = page.locator(f".chart-card[data-metric='{key}']")
+        chart = page.locator(f"#trajectory .chart-card[data-metric='{key}']")
         assert chart.locator("polyline.series").get_attribute("data-points") == str(GENERATIONS)
         assert chart.locator("circle.pt").count() == GENERATIONS
     methods = [r.locator("td").first.text_content() for r in page.locator("#vs-uniform tbody tr").all()]
@@ -306,9 +306,15 @@ def test_search_page_heat_map_trajectory_and_uniform(server, page, ui_store, sho
     page.goto(f"{server}/searches/{ui_store.search_hit}")  # a cache hit: the original's trajectory
     ready(page)
     assert ui_store.search_run[:12] in page.locator("#series-of").text_content()
-    chart = page.locator(".chart-card[data-metric='evo/kl'] polyline.series")
+    chart = page.locator("#trajectory .chart-card[data-metric='evo/kl'] polyline.series")
     assert chart.get_attribute("data-points") == str(GENERATIONS)
     assert page.locator("#heat rect.cell").count() == len(heat["blocks"]) * len(heat["kinds"])
+    page.goto(f"{server}/runs/{ui_store.search_hit}")  # and its run page charts the original's series
+    ready(page)
+    assert ui_store.search_run[:12] in page.locator("#series-of").text_content()
+    chart = page.locator("#charts .chart-card[data-metric='evo/kl'] polyline.series")
+    chart.wait_for()
+    assert chart.get_attribute("data-points") == str(GENERATIONS)
     assert not page.problems, page.problems
 
 

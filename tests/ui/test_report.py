@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import HOSTILE_NAME, SERIES_POINTS
+from .conftest import GENERATIONS, HOSTILE_NAME, SERIES_POINTS
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -18,7 +18,7 @@ def _report(ui_store, ref: str, out: Path) -> str:
 
 
 def test_report_files_reference_nothing_outside_themselves(ui_store, tmp_path) -> None:
-    for ref in (ui_store.hostile_run[:10], ui_store.sweep_id):
+    for ref in (ui_store.hostile_run[:10], ui_store.sweep_id, ui_store.search_run):
         html = _report(ui_store, ref, tmp_path / "r.html")
         assert not re.search(r"<(?:link|img|iframe|object|embed)\b", html)
         assert not re.search(r"<script[^>]*\bsrc=", html) and not re.search(r"\b(?:src|href)=[\"']?(?:https?:)?//",
@@ -38,9 +38,10 @@ def test_report_errors_are_clear(ui_store, tmp_path) -> None:
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (Debian's chromium package)")
 def test_a_report_draws_offline_in_a_browser(ui_store, tmp_path) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
-    run_file, sweep_file = tmp_path / "run.html", tmp_path / "sweep.html"
+    run_file, sweep_file, search_file = tmp_path / "run.html", tmp_path / "sweep.html", tmp_path / "search.html"
     _report(ui_store, ui_store.hostile_run, run_file)
     _report(ui_store, ui_store.sweep_id, sweep_file)
+    _report(ui_store, ui_store.search_hit, search_file)  # a cache hit: its original's trajectory
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
         try:
@@ -60,7 +61,14 @@ def test_a_report_draws_offline_in_a_browser(ui_store, tmp_path) -> None:
             page.wait_for_selector("body[data-ready='1']")
             assert page.locator("#pareto circle.pt").count() >= 1
             assert page.locator("#children tbody tr").count() == len(ui_store.sweep_runs)
-            assert set(requests) == {run_file.as_uri(), sweep_file.as_uri()}, requests  # nothing else fetched
+            page.goto(search_file.as_uri())
+            page.wait_for_selector("body[data-ready='1']")
+            assert page.locator("#heat rect.cell").count() >= 14  # the search views below the run's
+            evo = page.locator("#trajectory .chart-card[data-metric='evo/kl'] polyline.series")
+            assert evo.get_attribute("data-points") == str(GENERATIONS)
+            assert {"evo", "uniform"} <= {r.locator("td").first.text_content()
+                                          for r in page.locator("#vs-uniform tbody tr").all()}
+            assert set(requests) == {f.as_uri() for f in (run_file, sweep_file, search_file)}, requests
             assert not problems, problems
         finally:
             browser.close()

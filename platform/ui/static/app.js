@@ -121,7 +121,8 @@
     return [lo, hi];
   }
   function frame(width, height, xr, yr, xLabel, yLabel) {
-    const m = {l: 58, r: 12, t: 12, b: 36};
+    const longest = Math.max(0, ...ticks(...yr).map((t) => fmtNum(t).length));
+    const m = {l: Math.max(58, 26 + 6.5 * longest), r: 12, t: 12, b: 36};  // tick labels clear of the axis title
     const X = (v) => m.l + (v - xr[0]) / (xr[1] - xr[0]) * (width - m.l - m.r);
     const Y = (v) => height - m.b - (v - yr[0]) / (yr[1] - yr[0]) * (height - m.t - m.b);
     const svg = s("svg", {class: "chart", width, height, viewBox: `0 0 ${width} ${height}`, xmlns: SVGNS});
@@ -214,7 +215,11 @@
     const svg = s("svg", {class: "chart heat", width: left + heat.kinds.length * cw + 10, height: top + heat.blocks.length * ch + 10});
     const all = heat.bits.flat().filter((v) => typeof v === "number");
     const [lo, hi] = extent(all);
-    heat.kinds.forEach((k, j) => svg.appendChild(s("text", {x: left + j * cw + cw / 2, y: top - 6, "text-anchor": "middle"}, k.length > 12 ? k.slice(-12) : k)));
+    heat.kinds.forEach((k, j) => {  // the layer's own name (q_proj, down_proj); the full path in its tooltip
+      const shortName = k.split(".").pop(), label = shortName.length > 11 ? `${shortName.slice(0, 10)}…` : shortName;
+      svg.appendChild(s("text", {x: left + j * cw + cw / 2, y: top - 6, "text-anchor": "middle", class: "heat-kind",
+                                 onmousemove: (ev) => showTip(ev, k), onmouseleave: hideTip}, label));
+    });
     heat.blocks.forEach((b, i) => {
       svg.appendChild(s("text", {x: left - 6, y: top + i * ch + 15, "text-anchor": "end"}, b < 0 ? "other" : `block ${b}`));
       heat.kinds.forEach((k, j) => {
@@ -589,7 +594,7 @@
       d.series_of && d.series_of !== d.run_id ? h("p", {class: "muted", id: "series-of"}, "a cache hit: the trajectory of its original run ", runLink(d.series_of)) : null));
     if (d.error) where.append(...kids(h("p", {class: "err"}, d.error)));
     where.append(...kids(section("Bits per layer", d.heat_map && d.heat_map.blocks.length ? h("div", {id: "heat"}, heatMap(d.heat_map)) : h("p", {class: "muted"}, "no allocation recorded"))));
-    const traj = h("div", {class: "row"});
+    const traj = h("div", {class: "row", id: "trajectory"});
     for (const [k, pts] of Object.entries(d.trajectory || {})) traj.append(...kids(lineChart(k, [{label: k, points: pts}], {xLabel: "generation"})));
     where.append(...kids(section("Fitness trajectory", Object.keys(d.trajectory || {}).length ? traj : h("p", {class: "muted"}, "no trajectory logged"))));
     if (d.table && d.table.length) {
