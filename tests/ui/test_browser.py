@@ -282,6 +282,44 @@ def test_runs_page_columns_sort_by_a_metric_and_keyset_pages(server, page) -> No
     assert not page.problems, page.problems
 
 
+def test_runs_page_filters_by_kind_status_tag_and_sweep(server, page, ui_store) -> None:
+    page.goto(f"{server}/runs")
+    ready(page)
+    page.select_option("select[name=status]", "failed")
+    page.fill("input[name=kind]", "noop")
+    page.click("#filters button[type=submit]")
+    page.wait_for_url("**status=failed**")
+    ready(page)
+    failed = [r.get_attribute("data-run") for r in page.locator("#runs tbody tr").all()]
+    assert failed == [r for r in ui_store.flaky_runs if httpx.get(f"{server}/api/runs/{r}").json()["run"]["status"]
+                      == "failed"] and len(failed) == 1
+    for params, want in (("tag=demo", {ui_store.hostile_run}), (f"sweep={ui_store.flaky_sweep_id}",
+                                                                  set(ui_store.flaky_runs)),
+                         ("kind=search", {ui_store.search_run, ui_store.search_hit})):
+        page.goto(f"{server}/runs?{params}")
+        ready(page)
+        assert {r.get_attribute("data-run") for r in page.locator("#runs tbody tr").all()} == want, params
+    assert not page.problems, page.problems
+
+
+def test_run_page_links_the_resolved_input_and_shows_code_environment_events(server, page, ui_store) -> None:
+    page.goto(f"{server}/runs/{ui_store.consumer_run}")
+    ready(page)
+    spec_link = page.locator(f"pre.spec a[href='/artifacts/{ui_store.result_digest}']")  # the digest it read
+    assert spec_link.count() == 1 and spec_link.text_content() == f"sha256:{ui_store.result_digest}"
+    d = httpx.get(f"{server}/api/runs/{ui_store.consumer_run}").json()
+    code = page.locator("h2:text('Code version') + table").text_content()
+    assert f"modules fingerprinted{d['code_modules']}" in code and d["code_modules"] > 0
+    assert "python" in page.locator("h2:text('Environment') + table").text_content()
+    events = [[c.text_content() for c in r.locator("td").all()] for r in page.locator("#events tbody tr").all()]
+    assert [(e[2], e[3]) for e in events] == [(x["to_status"], str(x["attempt"])) for x in d["events"]]
+    spec_link.click()
+    page.wait_for_url(f"**/artifacts/{ui_store.result_digest}")
+    ready(page)
+    assert ui_store.hostile_run[:12] in page.locator("table.kv").text_content()  # its producer
+    assert not page.problems, page.problems
+
+
 def test_search_page_heat_map_trajectory_and_uniform(server, page, ui_store, shots) -> None:
     page.goto(f"{server}/runs/{ui_store.search_run}")
     ready(page)
