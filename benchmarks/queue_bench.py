@@ -4,11 +4,14 @@ In one run, on one fresh SQLite store and the same number of CPUs:
   * queueing: N `noop` runs recorded as queued with `queue_submissions` (the batch form of what `bitsmith submit`
     without --wait writes), jobs/s;
   * reference: N other queued runs executed as plain Ray tasks (`execute_run`, the same task body the dispatcher
-    uses), all submitted at once from this process; jobs/s and the Ray head's (gcs_server + raylet) peak RSS;
+    uses), all submitted at once from this process; jobs/s;
   * dispatcher: `python -m bitsmith.platform.scheduler.dispatcher` started on the N queued runs, drained to the
-    end (timed from its first heartbeat, as the reference is timed after `ray.init`); jobs/s, the dispatcher's
-    peak RSS and its Ray head's RSS at 10/50/90 % of the drain and at peak (the queue lives in the store; Ray
-    only holds the runs in flight).
+    end (timed from its first heartbeat, as the reference is timed after `ray.init`); jobs/s.
+In both, the RSS of the Ray head (gcs_server, raylet and Ray's Python head services: autoscaler monitor, minimal
+dashboard, log monitor, dashboard and runtime-env agents), of the Ray workers and of the driver (this process, or
+the dispatcher) is sampled every 0.5 s from the first job to the last one ended: start, peak, end and the
+least-squares slope (MiB/min). Through the dispatcher the queue lives in the store and Ray holds only the runs in
+flight; submitted at once, Ray holds all N.
 Prints a table and writes `benchmarks/results/queue_bench.json`.
 
     python benchmarks/queue_bench.py [--jobs 10000] [--cpus 2]
@@ -29,53 +32,89 @@ from pathlib import Path
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("BITSMITH_NO_PROGRESS", "1")
 RESULTS = Path(__file__).resolve().parent / "results" / "queue_bench.json"
-HEAD = ("gcs_server", "raylet")
+# The Ray head: its GCS and raylet, and Ray's own Python services on the node (the autoscaler monitor, the
+# minimal dashboard, the log monitor, the dashboard and runtime-env agents). Workers (`ray::IDLE`, `ray::TASK`)
+# and the driver (this process, or the dispatcher) are counted apart.
+HEAD_NAMES = ("gcs_server", "raylet")
+HEAD_SCRIPTS = ("autoscaler/_private/monitor.py", "dashboard/dashboard.py", "_private/log_monitor.py")
+HEAD_TITLES = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
+
+
+def head_part(name: str, cmdline: list[str]) -> str | None:
+    """'gcs_server', 'raylet', 'services' (Ray's Python head services) or None (a worker or anything else)."""
+    if name in HEAD_NAMES:
+        return name
+    line = " ".join(cmdline)
+    if line.startswith(HEAD_TITLES) or any(script in line for script in HEAD_SCRIPTS):
+        return "services"
+    return None
 
 
 class RssSampler:
-    """Peak RSS of a process tree (`root` pid and its descendants), split into Ray head processes and the rest."""
+    """RSS over time of a process tree (`root` pid and its descendants): the Ray head (GCS, raylet, Ray's head
+    services), its workers, and the root process itself, sampled every `every_s` seconds."""
 
-    def __init__(self, root: int, every_s: float = 0.25):
+    def __init__(self, root: int, every_s: float = 0.5):
         self.root, self.every_s = root, every_s
-        self.peak_head = self.peak_root = 0
-        self.first_head: int | None = None
-        self.heads: list[tuple[float, int]] = []   # (monotonic time, Ray head RSS)
+        self.samples: list[dict[str, float]] = []  # t (perf_counter), gcs_server, raylet, services, head, ...
+        self.parts: dict[int, str | None] = {}
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
-    def sample(self) -> tuple[int, int]:
+    def sample(self) -> dict[str, float] | None:
         import psutil
 
         try:
             root = psutil.Process(self.root)
             procs = [root, *root.children(recursive=True)]
         except psutil.NoSuchProcess:
-            return 0, 0
-        head = own = 0
+            return None
+        out = {"t": time.perf_counter(), "gcs_server": 0, "raylet": 0, "services": 0, "workers": 0, "root": 0}
         for proc in procs:
             try:
                 rss = proc.memory_info().rss
-                if proc.name() in HEAD:
-                    head += rss
-                elif proc.pid == self.root:
-                    own = rss
+                if proc.pid == self.root:
+                    out["root"] = rss
+                    continue
+                if proc.pid not in self.parts:
+                    self.parts[proc.pid] = head_part(proc.name(), proc.cmdline())
+                part = self.parts[proc.pid]
+                out[part or "workers"] += rss
             except psutil.NoSuchProcess:
                 pass
-        return head, own
+        out["head"] = out["gcs_server"] + out["raylet"] + out["services"]
+        return out if out["gcs_server"] else None
 
     def run(self) -> None:
         while not self.stop.is_set():
-            head, own = self.sample()
-            if head and self.first_head is None:
-                self.first_head = head
-            if head:
-                self.heads.append((time.perf_counter(), head))
-            self.peak_head, self.peak_root = max(self.peak_head, head), max(self.peak_root, own)
+            sample = self.sample()
+            if sample is not None:
+                self.samples.append(sample)
             self.stop.wait(self.every_s)
 
-    def head_at(self, t: float) -> int:
-        """The Ray head's RSS at the sample nearest to time `t` (perf_counter)."""
-        return min(self.heads, key=lambda s: abs(s[0] - t))[1] if self.heads else 0
+    def window(self, t0: float, t1: float) -> list[dict[str, float]]:
+        return [s for s in self.samples if t0 <= s["t"] <= t1]
+
+    def summary(self, t0: float, t1: float) -> dict:
+        """Start, peak, end (MiB) and least-squares slope (MiB per minute) of each part over [t0, t1]."""
+        samples = self.window(t0, t1)
+        out: dict = {"samples": len(samples), "seconds": t1 - t0}
+        for key in ("head", "gcs_server", "raylet", "services", "workers", "root"):
+            values = [s[key] / 2**20 for s in samples]
+            if not values:
+                continue
+            out[key] = {"start_mib": values[0], "peak_mib": max(values), "end_mib": values[-1],
+                        "slope_mib_per_min": slope([s["t"] for s in samples], values) * 60}
+        return out
+
+    def series(self, t0: float, key: str = "head", points: int = 11) -> list[tuple[float, float]]:
+        """(seconds since t0, MiB) at about `points` evenly spaced samples, for the report."""
+        samples = [s for s in self.samples if s["t"] >= t0]
+        if not samples:
+            return []
+        step = max(1, (len(samples) - 1) // (points - 1))
+        picked = samples[::step] + ([samples[-1]] if (len(samples) - 1) % step else [])
+        return [(round(s["t"] - t0, 1), round(s[key] / 2**20, 1)) for s in picked]
 
     def __enter__(self) -> "RssSampler":
         self.thread.start()
@@ -84,6 +123,15 @@ class RssSampler:
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
         self.thread.join()
+
+
+def slope(xs: list[float], ys: list[float]) -> float:
+    """Least-squares slope of ys over xs (0 with fewer than two points)."""
+    if len(xs) < 2:
+        return 0.0
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    var = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var else 0.0
 
 
 def queue_jobs(db, n: int, tag: str) -> tuple[list[str], float]:
@@ -120,17 +168,19 @@ def plain_ray(settings, run_ids: list[str], cpus: int) -> dict:
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     try:
         with RssSampler(os.getpid()) as rss:
+            time.sleep(1.0)  # a sample or two of the idle head before the jobs arrive
             remote = ray.remote(execute_run).options(num_cpus=1, max_retries=0)
             started = time.perf_counter()
             refs = [remote.remote(run_id, settings) for run_id in run_ids]
             submitted = time.perf_counter() - started
             statuses = ray.get(refs)
             took = time.perf_counter() - started
-            at = {f"head_rss_at_{p}pct_mib": rss.head_at(started + took * p / 100) / 2**20 for p in (10, 50, 90)}
+            time.sleep(1.0)
     finally:
         ray.shutdown()
     return {"seconds": took, "submit_seconds": submitted, "jobs_per_s": len(run_ids) / took,
-            "succeeded": statuses.count("succeeded"), **at, "head_peak_rss_mib": rss.peak_head / 2**20}
+            "succeeded": statuses.count("succeeded"), "memory": rss.summary(started, started + took),
+            "head_series": rss.series(started)}
 
 
 def dispatcher(settings, db, run_ids: list[str], cpus: int) -> dict:
@@ -153,12 +203,20 @@ def dispatcher(settings, db, run_ids: list[str], cpus: int) -> dict:
                     break
                 time.sleep(0.25)
             took = time.perf_counter() - started
+            time.sleep(1.0)
     finally:
         proc.terminate()
         proc.wait(timeout=60)
-    at = {f"head_rss_at_{p}pct_of_drain_mib": rss.head_at(started + took * p / 100) / 2**20 for p in (10, 50, 90)}
     return {"seconds": took, "jobs_per_s": len(run_ids) / took, "succeeded": counts.get("succeeded", 0),
-            "dispatcher_peak_rss_mib": rss.peak_root / 2**20, **at, "head_peak_rss_mib": rss.peak_head / 2**20}
+            "memory": rss.summary(started, started + took), "head_series": rss.series(started)}
+
+
+def memory_row(label: str, mem: dict, key: str) -> str:
+    m = mem.get(key)
+    if not m:
+        return f"{label:<34} {'-':>8}"
+    return (f"{label:<34} {m['start_mib']:>8.0f} {m['peak_mib']:>8.0f} {m['end_mib']:>8.0f} "
+            f"{m['end_mib'] - m['start_mib']:>+8.0f} {m['slope_mib_per_min']:>+10.1f}")
 
 
 def main() -> None:
@@ -180,23 +238,31 @@ def main() -> None:
         ref = plain_ray(settings, reference_ids, args.cpus)
         queued_ids, queue_s = queue_jobs(db, args.jobs, "queued-")
         disp = dispatcher(settings, db, queued_ids, args.cpus)
+        store.dispose_engines(settings.db_url)
+        report(args, queue_s, ref, disp)  # before the store's temporary folder (2N run folders) is removed
+
+
+def report(args: argparse.Namespace, queue_s: float, ref: dict, disp: dict) -> None:
     result = {"jobs": args.jobs, "cpus": args.cpus, "host": platform.node(), "cpu_count": os.cpu_count(),
-              "queueing": {"seconds": queue_s, "jobs_per_s": args.jobs / queue_s},
+              "load_average": os.getloadavg(), "queueing": {"seconds": queue_s, "jobs_per_s": args.jobs / queue_s},
               "plain_ray": ref, "dispatcher": disp,
               "drain_ratio_vs_plain_ray": disp["jobs_per_s"] / ref["jobs_per_s"]}
-    rows = [("queue N runs (store)", f"{queue_s:.2f} s", f"{args.jobs / queue_s:,.0f}", "-", "-"),
-            ("plain Ray tasks", f"{ref['seconds']:.1f} s", f"{ref['jobs_per_s']:.1f}", "-",
-             "/".join(f"{ref[f'head_rss_at_{p}pct_mib']:.0f}" for p in (10, 50, 90))
-             + f" (peak {ref['head_peak_rss_mib']:.0f})"),
-            ("through the dispatcher", f"{disp['seconds']:.1f} s", f"{disp['jobs_per_s']:.1f}",
-             f"{disp['dispatcher_peak_rss_mib']:.0f}",
-             "/".join(f"{disp[f'head_rss_at_{p}pct_of_drain_mib']:.0f}" for p in (10, 50, 90))
-             + f" (peak {disp['head_peak_rss_mib']:.0f})")]
     print(f"{args.jobs} no-op jobs, {args.cpus} CPUs")
-    print(f"{'':<24} {'time':>10} {'jobs/s':>10} {'dispatcher MiB':>15} {'Ray head MiB at 10/50/90% of the drain':>40}")
-    for row in rows:
-        print(f"{row[0]:<24} {row[1]:>10} {row[2]:>10} {row[3]:>15} {row[4]:>40}")
+    print(f"{'':<24} {'time':>10} {'jobs/s':>10}")
+    print(f"{'queue N runs (store)':<24} {queue_s:>8.2f} s {args.jobs / queue_s:>10,.0f}")
+    print(f"{'plain Ray tasks':<24} {ref['seconds']:>8.1f} s {ref['jobs_per_s']:>10.1f}")
+    print(f"{'through the dispatcher':<24} {disp['seconds']:>8.1f} s {disp['jobs_per_s']:>10.1f}")
     print(f"drain throughput through the dispatcher / plain Ray: {result['drain_ratio_vs_plain_ray']:.2f}")
+    print(f"\nRSS (MiB) from the first job to the last one ended "
+          f"(plain Ray: {ref['memory']['samples']} samples; dispatcher: {disp['memory']['samples']})")
+    print(f"{'':<34} {'start':>8} {'peak':>8} {'end':>8} {'growth':>8} {'MiB/min':>10}")
+    for who, res in (("plain Ray", ref), ("dispatcher", disp)):
+        for key, label in (("head", "Ray head (all)"), ("gcs_server", "  gcs_server"), ("raylet", "  raylet"),
+                           ("services", "  Ray head services"), ("workers", "Ray workers"),
+                           ("root", "driver" if who == "plain Ray" else "dispatcher process")):
+            print(memory_row(f"{who}: {label}", res["memory"], key))
+    for who, res in (("plain Ray", ref), ("dispatcher", disp)):
+        print(f"{who} Ray head over time (s, MiB): " + ", ".join(f"{t:g}:{m:.0f}" for t, m in res["head_series"]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
