@@ -7,6 +7,7 @@ queued run waits for.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -59,7 +60,8 @@ def parse_node_resources(raw: str | None, field: str) -> dict[str, float] | None
         if name.lower() in RESERVED_RESOURCES:
             raise UsageError(f"{field}: {name!r} is one of Ray's own resources (CPU, GPU, memory, "
                              "object_store_memory), not a custom one; expected another name (CPUs: --num-cpus)")
-        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount <= 0 or amount != int(amount):
+        if (isinstance(amount, bool) or not isinstance(amount, (int, float)) or not math.isfinite(amount)
+                or amount <= 0 or amount != int(amount)):
             raise UsageError(f"{field}.{name}: expected a whole amount >= 1 (Ray's node resources are whole "
                              f"numbers); got {amount!r}")
         out[name] = float(amount)

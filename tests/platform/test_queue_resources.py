@@ -78,6 +78,8 @@ def test_node_resources_are_json_whole_amounts() -> None:
                          ('{"accel": 1.5}', "--resources.accel: expected a whole amount >= 1"),
                          ('{"accel": 0}', "--resources.accel: expected a whole amount >= 1"),
                          ('{"accel": true}', "--resources.accel: expected a whole amount"),
+                         ('{"accel": Infinity}', "--resources.accel: expected a whole amount"),
+                         ('{"accel": NaN}', "--resources.accel: expected a whole amount"),
                          ('{"GPU": 1}', "--resources: 'GPU' is one of Ray's own resources"),
                          ('{"": 1}', "--resources: a resource name must be a non-empty string")]:
         with pytest.raises(UsageError) as refused:
