@@ -35,7 +35,8 @@ def resolve_model(db: Any, ref: str) -> Any:
 @click.option("-o", "--output", "output", type=click.Path(path_type=Path), required=True,
               help="new file (gguf) or folder (compressed-tensors, gptq) to copy the export to")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="export spec field, e.g. --set target.float_type=f16 or --set target.checkpoint_format=gptq_v2")
+              help="export spec field, e.g. --set target.float_type=f16, --set target.quantized_weights=dequantized "
+                   "(GGUF) or --set target.checkpoint_format=gptq_v2")
 @executor_option()
 @no_cache_option()
 @json_option
