@@ -171,6 +171,7 @@ def test_sweep_pareto_plot_hover_and_click_to_the_run(server, page, ui_store, sh
     ready(page)
     page.goto(f"{server}/sweeps?limit=1")  # the sweeps list, one per keyset page
     ready(page)
+    page.screenshot(path=str(shots / "sweeps.png"))
     listed = []
     while True:
         listed += [r.get_attribute("href").rsplit("/", 1)[1] for r in page.locator("#sweeps tbody tr a").all()]
@@ -213,6 +214,7 @@ def test_compare_and_artifact_pages(server, page, ui_store, shots) -> None:
     link = page.get_by_role("link", name="train.jsonl")
     link.wait_for()
     assert page.locator("#metadata").count() == 1
+    page.screenshot(path=str(shots / "artifact.png"), full_page=True)
     got = httpx.get(f"{server}{link.get_attribute('href')}")
     assert got.status_code == 200 and len(got.content.splitlines()) == 20
     assert not page.problems, page.problems
