@@ -143,7 +143,10 @@ def smollm2_file() -> Path:
 def test_llamacpp_reads_the_smollm2_q4_0_export_like_bitsmith(smollm2_file, pydoc_corpus, tmp_path):
     """SmolLM2-135M RTN 4-bit g32 -> Q4_0, beside the same weights as F32 and beside llama.cpp on the Q4_1 file
     SmolLM2 ships (whose exact weights bitsmith's fp32 import holds): the activation rounding of a real model,
-    measured without any bitsmith writer."""
+    measured without any bitsmith writer. Measured (4 x 128 tokens, 2026-12-03): F32 export ppl +3.7e-7 relative,
+    max |d logprob| 2.7e-5; Q4_0 export ppl +0.07 %, argmax 96.3 %, mean |d logprob| 0.064; the shipped file
+    beside its own weights ppl +1.5 %, argmax 97.8 %, mean |d logprob| 0.060 (its embeddings/output are quantized
+    too, ours F32). 5 min on 2 busy cores."""
     from transformers import AutoModelForCausalLM
 
     from bitsmith.workers.models_import import convert_gguf
@@ -163,7 +166,8 @@ def test_llamacpp_reads_the_smollm2_q4_0_export_like_bitsmith(smollm2_file, pydo
     ref = compare(score_llamacpp(dense.path, chunks, threads=2), ours)
     print({"shipped_q4_1_vs_fp32": shipped, "q4_0_export": got, "f32_export": ref})
 
-    assert abs(ref["ppl_rel_diff"]) < 1e-3 and ref["argmax_agreement"] > 0.99, ref
+    assert abs(ref["ppl_rel_diff"]) < 1e-5 and ref["max_abs_logprob_diff"] < 1e-3, ref
+    assert ref["argmax_agreement"] > 0.99, ref
     assert abs(got["ppl_rel_diff"]) < 0.02 and got["argmax_agreement"] > 0.9, got
     # llama.cpp's own file is no closer to its exact weights than our export is to ours (both: activation rounding)
     assert got["mean_abs_logprob_diff"] < 2 * shipped["mean_abs_logprob_diff"], (got, shipped)
