@@ -3,7 +3,8 @@
 The store is filled through the store's own row builders and insert functions (`runs._new_run_rows`,
 `metrics.insert_metrics`, which also keeps the metric summary), 1,000 runs a transaction:
   1 base model (the hub) -> R/5 quantize runs (each: the base in, one quantized model out)
-  -> 4R/5 eval runs (each: one quantized model in, a report out while artifacts last).
+  -> 4R/5 eval runs (each: one quantized model in, a report out while artifacts last), the children of
+  sweeps of 50.
 Each run logs M/R metric rows (two keys over steps); eval runs' final `test/token_ppl` is uniform in [10, 100].
 MLflow gets the same runs and metric rows (bulk SQL into the schema MlflowClient created, latest_metrics
 included) and is queried through `MlflowClient.search_runs` with the same filter, order and page size.
@@ -17,6 +18,8 @@ No ANALYZE is run (a real store has no planner statistics either). Timed (p50/p9
   lineage_hub     lineage_page down from the base model (50 siblings a node, 500 nodes a level)
   lineage_up      lineage_page up from a random eval run
   artifact_query  find_artifacts(kind=report, meta.bits<=3, 50 rows)
+  sweeps_page     list_sweeps (the UI's sweeps list: newest 50 sweeps, each with its child count)
+  sweeps_page_next  the same, following next_cursor one page further each repeat
   mlflow_search   MlflowClient.search_runs (filter, order, max_results=50)
 With --cli, the CLI commands of issue 16 are timed too (wall, median of 3) with their output sizes.
 
@@ -43,6 +46,7 @@ from typing import Any, Callable
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ui_bench.json"
 CHUNK = 1000
+SWEEP_SIZE = 50  # eval runs per sweep
 PPL = "test/token_ppl"
 
 
@@ -81,7 +85,9 @@ def fill_bitsmith(db: Any, args: argparse.Namespace, rng: random.Random) -> dict
     from bitsmith.platform.store.engine import write
     from bitsmith.platform.store.metrics import insert_metrics
     from bitsmith.platform.store.runs import _new_run_rows
-    from bitsmith.platform.store.schema import artifacts_t, run_events_t, run_inputs_t, run_outputs_t, runs_t, utcnow
+    from bitsmith.platform.store.records import new_id
+    from bitsmith.platform.store.schema import (artifacts_t, run_events_t, run_inputs_t, run_outputs_t, runs_t,
+                                                sweeps_t, utcnow)
 
     quantize, evals, reports = _layout(args.runs, args.artifacts)
     per_run = max(1, args.metric_rows // args.runs)
@@ -94,6 +100,11 @@ def fill_bitsmith(db: Any, args: argparse.Namespace, rng: random.Random) -> dict
                 "digest_version": 2}
 
     write(db, lambda conn: conn.execute(insert(artifacts_t), [artifact(base, "model", None, {"params": 135e6})]))
+    # the eval runs are the children of sweeps of SWEEP_SIZE (what the UI's sweeps list pages through)
+    sweep_ids = [new_id() for _ in range(max(1, evals // SWEEP_SIZE))]
+    write(db, lambda conn: conn.execute(insert(sweeps_t), [
+        {"id": sid, "name": f"sweep-{n}", "spec": {"kind": "sweep"}, "status": "succeeded", "created_at": utcnow(),
+         "resolved_inputs": None} for n, sid in enumerate(sweep_ids)]))
     qmodels: list[str] = []
     eval_ids: list[str] = []
     metric_rows = 0
@@ -108,7 +119,8 @@ def fill_bitsmith(db: Any, args: argparse.Namespace, rng: random.Random) -> dict
             values, edges, event = _new_run_rows(
                 kind=kind, name=f"{kind}-{i}", spec=spec, spec_hash=_digest(f"s{i}"), cache_key=_digest(f"{kind}{i}"),
                 seed=i, code_version={"package": "0.1.0"}, tags=("bench", f"group-{i % 10}"), executor="local",
-                max_retries=0, inputs={"model": model}, sweep_id=None, cache_hit_of=None,
+                max_retries=0, inputs={"model": model}, cache_hit_of=None,
+                sweep_id=sweep_ids[i % len(sweep_ids)] if kind == "eval" else None,
                 status=rng.choice(statuses), run_id=None, message=None)
             values["attempt"] = 1
             runs.append(values)
@@ -145,7 +157,8 @@ def fill_bitsmith(db: Any, args: argparse.Namespace, rng: random.Random) -> dict
             chunk(start, min(CHUNK, total - start), kind)
     del now
     return {"base": base, "eval_ids": eval_ids, "per_run": per_run, "metric_rows": metric_rows,
-            "quantize_runs": quantize, "eval_runs": evals, "artifacts": 1 + quantize + reports}
+            "quantize_runs": quantize, "eval_runs": evals, "artifacts": 1 + quantize + reports,
+            "sweeps": len(sweep_ids)}
 
 
 def fill_mlflow(path: Path, db_path: Path) -> tuple[Any, str]:
@@ -235,12 +248,23 @@ def measure_bitsmith(db: Any, filled: dict[str, Any], repeats: int, rng: random.
     def artifact_query(_: int) -> Any:
         return queries.find_artifacts(db, kind="report", where=["meta.bits<=3"], limit=50)
 
+    sweep_cursor = [None]
+
+    def sweeps_page(_: int) -> Any:  # the UI's sweeps list: newest 50 sweeps with their child counts
+        return queries.list_sweeps(db, limit=50)
+
+    def sweeps_page_next(_: int) -> Any:
+        page = queries.list_sweeps(db, limit=50, cursor=sweep_cursor[0])
+        sweep_cursor[0] = page.next_cursor
+        return page
+
     out: dict[str, Any] = {}
     for name, fn in (("runs_page", runs_page), ("runs_page_next", runs_page_next), ("runs_newest", runs_newest),
                      ("run_page", run_page), ("lineage_hub", lineage_hub), ("lineage_up", lineage_up),
-                     ("artifact_query", artifact_query)):
+                     ("artifact_query", artifact_query), ("sweeps_page", sweeps_page),
+                     ("sweeps_page_next", sweeps_page_next)):
         stats, result = timed(fn, repeats)
-        if name.startswith("runs") or name == "artifact_query":
+        if name.startswith(("runs", "sweeps")) or name == "artifact_query":
             stats["rows"] = len(result.rows)
         if name.startswith("lineage"):
             stats["nodes"] = len(result.graph.runs) + len(result.graph.artifacts)
@@ -338,7 +362,7 @@ def main() -> None:
         "cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0],
         "size": {"runs": args.runs, "metric_rows": filled["metric_rows"], "artifacts": filled["artifacts"],
                  "metric_rows_per_run": filled["per_run"], "quantize_runs": filled["quantize_runs"],
-                 "eval_runs": filled["eval_runs"]},
+                 "eval_runs": filled["eval_runs"], "sweeps": filled["sweeps"]},
         "fill_s": round(fill_s, 1), "queries": results["bitsmith"], "mlflow": mlflow, "cli": cli,
         "cli_before": cli_before,
     }
