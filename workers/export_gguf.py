@@ -137,14 +137,31 @@ class _Arch:
         return np.arange(n_rows)
 
 
-def add_tokenizer(gguf: Any, w: Any, path: Path, n_vocab: int) -> None:
+def pre_tokenizer_name(pre: dict[str, Any] | None) -> str:
+    """llama.cpp's name (`tokenizer.ggml.pre`) for the split a tokenizer.json's pre-tokenizer makes: GPT-2's regex
+    (`gpt-2`), or SmolLM's single digits before it (`smollm`); anything else `default`, which llama.cpp splits
+    with another regex (its tokens can then differ from transformers': the export's metadata says so)."""
+    def gpt2_regex(step: dict[str, Any]) -> bool:
+        return step.get("type") == "ByteLevel" and step.get("use_regex", True)
+
+    steps = (pre or {}).get("pretokenizers", [pre]) if (pre or {}).get("type") == "Sequence" else [pre or {}]
+    if len(steps) == 1 and gpt2_regex(steps[0]):
+        return "gpt-2"
+    if len(steps) == 2 and steps[0].get("type") == "Digits" and steps[0].get("individual_digits") \
+            and gpt2_regex(steps[1]):
+        return "smollm"
+    return "default"
+
+
+def add_tokenizer(gguf: Any, w: Any, path: Path, n_vocab: int) -> str:
     """A byte-level BPE tokenizer as GGUF's `gpt2` model: tokens in id order, types, merges, special ids."""
     import json
 
     from transformers import AutoTokenizer
 
     file = path / "tokenizer.json"
-    model = json.loads(file.read_text()).get("model", {}) if file.is_file() else {}
+    spec = json.loads(file.read_text()) if file.is_file() else {}
+    model = spec.get("model", {})
     if model.get("type") != "BPE":
         raise SpecError(f"target.format=gguf: {path}: tokenizer is not a byte-level BPE tokenizer.json "
                         f"(model type {model.get('type')!r}); expected a GPT-2/Llama-3/SmolLM style tokenizer")
@@ -160,10 +177,11 @@ def add_tokenizer(gguf: Any, w: Any, path: Path, n_vocab: int) -> None:
             tokens.append(f"[PAD{i}]")
             types.append(gguf.TokenType.UNUSED)
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
+    w.add_tokenizer_pre(pre_tokenizer_name(spec.get("pre_tokenizer")))
     w.add_token_list(tokens)
     w.add_token_types(types)
     gguf.SpecialVocab(path, load_merges=True, n_vocab=n_vocab).add_to_gguf(w, quiet=True)
+    return pre_tokenizer_name(spec.get("pre_tokenizer"))
 
 
 def write_gguf(path: Path, out_file: Path, float_type: str = "f32", quantized_weights: str = "blocks") -> ExportResult:
@@ -179,7 +197,7 @@ def write_gguf(path: Path, out_file: Path, float_type: str = "f32", quantized_we
     w = gguf.GGUFWriter(str(out_file), "llama")
     w.add_name(model.config.get("_name_or_path") or "bitsmith-export")
     arch.write(w)
-    add_tokenizer(gguf, w, path, model.config["vocab_size"])
+    pre = add_tokenizer(gguf, w, path, model.config["vocab_size"])
     stored = quantized = 0
     tensors: list[dict[str, Any]] = []
     for name, layer in model.layers.items():
@@ -225,7 +243,11 @@ def write_gguf(path: Path, out_file: Path, float_type: str = "f32", quantized_we
         "tensor_types": dict(sorted(_count(t["type"] for t in tensors).items())),
         "exact_tensors": sum(t["exact"] for t in tensors), "quantized_tensors": len(tensors),
         "max_abs_weight_diff": max((t["max_abs_diff"] for t in tensors), default=0.0), "float_type": float_type,
-        "quantized_weights": quantized_weights, "tensors": tensors}
+        "quantized_weights": quantized_weights, "tokenizer_pre": pre, "tensors": tensors}
+    if pre == "default":
+        meta["tokenizer_note"] = ("the tokenizer's pre-tokenizer is not one llama.cpp names (GPT-2 regex, SmolLM); "
+                                  "llama.cpp splits text with its default regex, so its token ids can differ from "
+                                  "transformers' (ids given directly score the same)")
     if requantized:
         meta["note"] = (f"{len(requantized)} of {len(tensors)} quantized layers have a layout no GGUF block type "
                         "stores (asymmetric 5/6/8-bit, act-order, or groups not a multiple of 32); they were "

@@ -221,6 +221,17 @@ def test_gguf_tokenizer_round_trips(tiny_llama, tmp_path):
     assert theirs(text, add_special_tokens=False)["input_ids"] == ours(text, add_special_tokens=False)["input_ids"]
 
 
+def test_gguf_names_the_pre_tokenizer_llama_cpp_splits_with():
+    from bitsmith.workers.export_gguf import pre_tokenizer_name
+
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    assert pre_tokenizer_name(byte_level) == "gpt-2"
+    assert pre_tokenizer_name({"type": "Sequence", "pretokenizers": [
+        {"type": "Digits", "individual_digits": True}, byte_level]}) == "smollm"  # single digits, then GPT-2
+    assert pre_tokenizer_name({**byte_level, "use_regex": False}) == "default"
+    assert pre_tokenizer_name({"type": "Metaspace"}) == "default" and pre_tokenizer_name(None) == "default"
+
+
 # -- the quantize option and bad input -------------------------------------------------------------
 def test_exact_min_scales_make_the_q4_1_minimum_an_fp16_value():
     from bitsmith.kernels.quantizers import quantize_rtn
