@@ -461,10 +461,10 @@ def measure(env: SearchEnv, results: dict[str, Allocation], built: dict[str, nn.
         rows.append(unquantized)
         for b in baselines:
             with dense_weight_cache(b.model):
-                ppl = scored(b.model)
+                scores = scored(b.model)
             rows.append({"method": b.role, "ref": b.ref, "avg_bits": b.description.get("bits"),
                          "effective_bits_per_weight": b.effective_bits_per_weight, "size_bytes": None,
-                         **ppl, "baseline": b.description})
+                         **scores, "baseline": b.description})
             bar.update(1, row=b.role)
         for lv, bits in pareto:  # the pareto plot's reference curve: uniform at every width of the database
             rows.append(row(f"uniform-{bits}bit", stitched.apply([lv] * n_layers), [lv] * n_layers))
