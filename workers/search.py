@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from bitsmith.platform.context import OutputArtifact, RunContext, WorkerOutputs
 from bitsmith.platform.digests import write_artifact_meta
-from bitsmith.platform.errors import DataError
+from bitsmith.platform.errors import DataError, SpecError
 from bitsmith.platform.specs.search import (BisectMethod, DPMethod, EffectiveBitsBudget, EvoMethod, HessianMethod,
                                             LinearFit, LinearMethod, QualityBudget, SearchSpec, SizeBudget,
                                             UniformMethod)
@@ -64,6 +64,7 @@ def run(spec: SearchSpec, ctx: RunContext) -> WorkerOutputs:
     texts = read_texts(data_in.path, "calibration")
 
     # 1. the level database, shared by every search on the same model, data and level settings
+    check_group_sizes(spec, model)
     levels_key = level_db_key(model_in.digest, data_in.digest, spec.levels, spec.modules.model_dump(mode="json"))
 
     seconds: dict[str, float] = {}  # per phase, for the report
@@ -98,7 +99,7 @@ def run(spec: SearchSpec, ctx: RunContext) -> WorkerOutputs:
     uniform_spec = None
     t0 = time.perf_counter()
     if spec.report.uniform == "quantize":
-        uniform_spec = uniform_quantize_spec(spec, db.bits[uniform[0]])
+        uniform_spec = uniform_quantize_spec(spec, *db.grid[uniform[0]])
         n_blocks = len(model.get_submodule(architecture_layout(model).blocks))
         with ctx.progress(total=n_blocks, desc=f"uniform {uniform_spec.bits}-bit as quantize") as bar:
             built["uniform"] = quantize_uniform(uniform_spec, model, tokenizer, texts, progress=bar)
@@ -111,9 +112,22 @@ def run(spec: SearchSpec, ctx: RunContext) -> WorkerOutputs:
     seconds["report_eval"] = time.perf_counter() - t0
     log.info("search: %s", json.dumps(rows))
     extra = {"phase_seconds": seconds, "uniform_built_as": spec.report.uniform,
-             "allocations": {name: db.bits_of(allocation) for name, allocation in results.items()},
+             "allocations": {name: db.bits_of(allocation) if db.single_group else db.levels_of(allocation)
+                             for name, allocation in results.items()},
              "uniform_quantize_spec": uniform_spec.model_dump(mode="json") if uniform_spec is not None else None}
     return write_outputs(env, chosen, rows, details, model_in.digest, time.perf_counter() - start, extra)
+
+
+def check_group_sizes(spec: SearchSpec, model: nn.Module) -> None:
+    """SpecError naming `levels.group_sizes` (or `levels.group_size`) and the layer when a size does not divide
+    a selected layer's in_features; checked before anything is built."""
+    layout = architecture_layout(model)
+    for group in (spec.levels.group_size, *spec.levels.group_sizes):
+        try:
+            plan_layers(model, layout, bits=spec.levels.bits[0], group_size=group, modules=spec.modules)
+        except SpecError as e:
+            field = "levels.group_size" if group == spec.levels.group_size else "levels.group_sizes"
+            raise SpecError(f"{field}: {str(e).removeprefix('group_size: ')}") from None
 
 
 def _build_levels(spec: SearchSpec, ctx: RunContext, model: nn.Module, tokenizer: Any, texts: list[str],
@@ -127,6 +141,7 @@ def _build_levels(spec: SearchSpec, ctx: RunContext, model: nn.Module, tokenizer
     phases: dict[str, float] = {}
     n_blocks = len(model.get_submodule(layout.blocks))
     meta = {"key": key, "base_model_digest": model_digest, "bits": list(cfg.bits), "group_size": cfg.group_size,
+            **({"group_sizes": list(cfg.group_sizes)} if cfg.group_sizes else {}),
             "method": cfg.method.type, "layers": len(plans)}
     with ctx.progress(total=n_blocks, desc="level database") as bar:
         build_level_db(out, model, plans, batches, cfg, meta, progress=bar, seconds=phases)
@@ -227,8 +242,11 @@ def fitness_reference(env: SearchEnv, sequences: int, seq_len: int, top_k: int |
 
 
 def _fitness_pool(env: SearchEnv, n_actors: int, reference_file: Path) -> Any:
+    """The job's threads shared among the actors (the job waits while they score; in-process under the local
+    executor, where an actor with one thread would leave the job single-threaded for the rest of its run)."""
+    threads = max(1, env.spec.compute.threads // n_actors)
     return env.ctx.actor_pool(evo.FitnessActor, n_actors, str(env.model_dir), str(env.db.path), str(reference_file),
-                              threads=1)
+                              threads=threads)
 
 
 def fit_linear_allocation(fit: LinearFit, env: SearchEnv, pool: Any, n_sequences: int,
@@ -239,7 +257,7 @@ def fit_linear_allocation(fit: LinearFit, env: SearchEnv, pool: Any, n_sequences
     rng = random.Random(env.ctx.seed + 17)
     centre = fill_greedily(uniform_allocation(env.costs, env.budget_cost, env.spec), env.costs, env.budget_cost,
                            random.Random(env.ctx.seed))
-    configs = linear.sample_configurations(len(env.db.bits), len(env.db.layers), centre, fit.samples, fit.mix, rng)
+    configs = linear.sample_configurations(len(env.db.grid), len(env.db.layers), centre, fit.samples, fit.mix, rng)
     every = list(range(n_sequences))
     measured: list[float] = []
     step = 4 * getattr(pool, "size", 1)
@@ -250,6 +268,8 @@ def fit_linear_allocation(fit: LinearFit, env: SearchEnv, pool: Any, n_sequences
             bar.update(len(part))
     y = np.asarray(measured, dtype=np.float64)
     errors, shares = linear.layer_errors(env.db), linear.parameter_shares(env.db)
+    if fit.fit == "probe":
+        return _probe_allocation(fit, env, pool, every, configs, y, errors)
     x = linear.features(errors, configs)
     n_held = int(len(configs) * fit.holdout)
     held = {}
@@ -270,6 +290,52 @@ def fit_linear_allocation(fit: LinearFit, env: SearchEnv, pool: Any, n_sequences
                "solution": {"predicted_kl": float(linear.predict(result.alpha, errors, [allocation])[0]),
                             "measured_kl": solution_kl},
                "alpha": {layer.name: float(a) for layer, a in zip(env.db.layers, result.alpha)},
+               "allocation": allocation}
+    return allocation, details
+
+
+def probed_levels(fit: LinearFit, db: LevelDB) -> list[int]:
+    """The level indices `fit.probe_bits` names (every group size of each width); every level when empty."""
+    return [i for i, (bits, _) in enumerate(db.grid) if not fit.probe_bits or bits in fit.probe_bits]
+
+
+def _probe_allocation(fit: LinearFit, env: SearchEnv, pool: Any, every: list[int], configs: list[Allocation],
+                      measured: np.ndarray, errors: np.ndarray) -> tuple[Allocation, dict[str, Any]]:
+    """`linear` with `fit: probe`: every layer alone at each probed level (the rest unquantized) on all fitness
+    sequences, the separable losses solved exactly; the random joint configurations test the additive model."""
+    n_layers = len(env.db.layers)
+    probes = linear.probe_configurations(n_layers, probed_levels(fit, env.db))
+    kls: list[float] = []
+    step = 4 * getattr(pool, "size", 1)
+    with env.ctx.progress(total=len(probes), desc="linear: single-layer probes") as bar:
+        for start in range(0, len(probes), step):
+            part = probes[start:start + step]
+            items = []
+            for layer, level in part:
+                levels: list[int | None] = [None] * n_layers
+                levels[layer] = level
+                items.append({"levels": levels, "sequences": every})
+            kls += pool.map("kl", items)
+            bar.update(len(part))
+    alpha, table = linear.probe_losses(errors, probes, kls)
+    allocation = knapsack.solve(fit.solver, env.costs, table, env.budget_cost)
+    if allocation is None:
+        raise DataError("budget: the knapsack found no allocation within the budget; expected a larger budget")
+    loss = np.asarray(table)
+    predicted = np.array([float(loss[np.arange(n_layers), c].sum()) for c in configs])
+    solution_kl = pool.map("kl", [{"levels": allocation, "sequences": every}])[0]
+    details = {"fit": "probe", "probes": len(probes), "probed_levels": [env.db.level_name(i)
+                                                                        for i in probed_levels(fit, env.db)],
+               "samples": len(configs), "mix": fit.mix, "solver": fit.solver,
+               "held_out": {"configurations": len(configs), **linear.correlations(predicted, measured),
+                            "predicted": predicted.tolist(), "measured": measured.tolist()},
+               "fitness_evaluations": len(probes) + len(configs) + 1, "fitness_sequences": len(every),
+               "sample_kl": {"min": float(measured.min()), "median": float(np.median(measured)),
+                             "max": float(measured.max())} if len(measured) else None,
+               "solution": {"predicted_kl": float(loss[np.arange(n_layers), allocation].sum()),
+                            "measured_kl": solution_kl},
+               "alpha": {layer.name: float(a) for layer, a in zip(env.db.layers, alpha)},
+               "probe_kl": {layer.name: row for layer, row in zip(env.db.layers, table)},
                "allocation": allocation}
     return allocation, details
 
@@ -313,7 +379,8 @@ def allocate_evo(method: EvoMethod, env: SearchEnv) -> tuple[Allocation, dict[st
                                   env.budget_cost, random.Random(ctx.seed))
         with ctx.progress(total=method.generations - (resumed_from or 0), desc="evo") as bar:
             state = evo.evolve(method, env.db, start, pool, seqs.shape[0], ctx.seed, env.db_key,
-                               lambda m, step: ctx.log_metrics(m, step=step), save, resume=resume, progress=bar)
+                               lambda m, step: ctx.log_metrics(m, step=step), save, resume=resume, progress=bar,
+                               cap=env.budget_cost)
     seconds = time.perf_counter() - started
     return state.parent, {"generations": state.generation, "evaluations": state.evaluations,
                           "resumed_from": resumed_from, "seconds": seconds, "init": method.init,
@@ -325,8 +392,7 @@ def allocate_bisect(method: BisectMethod, env: SearchEnv) -> tuple[Allocation, d
     """Order layers by input-trace sensitivity of the drop, then bisect on measured calibration perplexity."""
     from .evaluators.perplexity import chunk_tokens, token_perplexity, tokenize_joined
 
-    bits = list(env.spec.levels.bits)
-    high, low = bits.index(method.high_bits), bits.index(method.low_bits)
+    high, low = env.db.level_index(method.high_bits), env.db.level_index(method.low_bits)
     losses = sensitivity.from_traces(env.db, sensitivity.input_traces(env.db))
     order = sorted(range(len(env.db.layers)), key=lambda i: losses[i][low] - losses[i][high])
     chunks = chunk_tokens(tokenize_joined(env.tokenizer, env.calibration_texts),
@@ -367,8 +433,9 @@ def fill_greedily(allocation: Allocation, costs: list[list[int]], cap: int, rng:
 
 
 def uniform_allocation(costs: list[list[int]], cap: int, spec: SearchSpec) -> Allocation:
-    """Every layer at the widest level whose total cost fits `cap` (the lowest level if none does)."""
-    n_levels = len(spec.levels.bits)
+    """Every layer at the widest level whose total cost fits `cap` (the lowest level if none does); with several
+    group sizes, the widest width and within it the smallest group that fits."""
+    n_levels = len(spec.levels.grid())
     best = 0
     for lv in range(n_levels):
         if sum(c[lv] for c in costs) <= cap:
@@ -441,7 +508,7 @@ def measure(env: SearchEnv, results: dict[str, Allocation], built: dict[str, nn.
 
     stitched = AllocationModel(copy.deepcopy(env.model), env.db)
     n_layers = len(env.db.layers)
-    pareto = list(enumerate(env.db.bits)) if cfg.pareto_uniform_levels else []
+    pareto = list(range(len(env.db.grid))) if cfg.pareto_uniform_levels else []
     total = 1 + len(results) + len(baselines) + len(pareto)
     with env.ctx.progress(total=total, desc="report: test split") as bar:
         reference = compute_reference_logits(stitched.apply(None), chunks)
@@ -466,8 +533,8 @@ def measure(env: SearchEnv, results: dict[str, Allocation], built: dict[str, nn.
                          "effective_bits_per_weight": b.effective_bits_per_weight, "size_bytes": None,
                          **scores, "baseline": b.description})
             bar.update(1, row=b.role)
-        for lv, bits in pareto:  # the pareto plot's reference curve: uniform at every width of the database
-            rows.append(row(f"uniform-{bits}bit", stitched.apply([lv] * n_layers), [lv] * n_layers))
+        for lv in pareto:  # the pareto plot's reference curve: uniform at every level of the database
+            rows.append(row(f"uniform-{env.db.level_name(lv)}", stitched.apply([lv] * n_layers), [lv] * n_layers))
     add_uniform_differences(rows, predicted, cfg.bootstrap_resamples, env.ctx.seed)
     return rows
 
@@ -522,11 +589,13 @@ def write_outputs(env: SearchEnv, allocation: Allocation, rows: list[dict[str, A
     spec, ctx, db = env.spec, env.ctx, env.db
     chosen = rows[0]
     uniform = next(r for r in rows if r["method"] == "uniform")
-    layers = {layer.name: {"bits": layer.levels[lv].bits, "group_size": layer.group_size}
-              for layer, lv in zip(db.layers, allocation)}
+    layers = db.levels_of(allocation)
+    group_size = spec.levels.group_size if db.single_group else None  # per module in `modules` when mixed
     meta = {"kind": "allocation", "method": spec.method.type, "avg_bits": chosen["avg_bits"],
             "effective_bits_per_weight": chosen["effective_bits_per_weight"], "size_bytes": chosen["size_bytes"],
-            "budget": spec.budget.model_dump(mode="json"), "levels": list(db.bits), "level_db": env.db_key,
+            "budget": spec.budget.model_dump(mode="json"),
+            "levels": list(db.bits) if db.single_group else [db.level_name(i) for i in range(len(db.grid))],
+            "level_db": env.db_key,
             "base_model_digest": model_digest, "n_layers": len(layers)}
     alloc_dir = ctx.output_path("allocation")
     alloc_dir.mkdir(parents=True, exist_ok=True)
@@ -537,10 +606,10 @@ def write_outputs(env: SearchEnv, allocation: Allocation, rows: list[dict[str, A
     modules = {name: quant_format.module_entry(model.get_submodule(name), transposed=layer.transposed)
                for name, layer in zip(db.names, db.layers)}
     quant_config = {"method": db.method, "bits": None, "mixed_precision": True, "avg_bits": chosen["avg_bits"],
-                    "group_size": spec.levels.group_size, "symmetric": db.symmetric, "mse_clip": spec.levels.mse_clip,
+                    "group_size": group_size, "symmetric": db.symmetric, "mse_clip": spec.levels.mse_clip,
                     "scale_dtype": "float16", "modules": modules}
     model_meta = {"kind": "quantized-model", "format": quant_format.FORMAT, "method": f"search-{spec.method.type}",
-                  "bits": None, "avg_bits": chosen["avg_bits"], "group_size": spec.levels.group_size,
+                  "bits": None, "avg_bits": chosen["avg_bits"], "group_size": group_size,
                   "symmetric": db.symmetric, "effective_bits_per_weight": chosen["effective_bits_per_weight"],
                   "base_model_digest": model_digest}
     model_dir = quant_format.save_quantized_model(model, ctx.output_path("model"), quant_config,

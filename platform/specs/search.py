@@ -8,9 +8,9 @@ for the same budget is always computed and reported beside the chosen method's r
 """
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
 
 from .common import ArtifactRef, JobSpecBase, SearchCompute, StrictModel
 from .kinds import DATASET_KINDS, HF_MODEL_KINDS
@@ -88,6 +88,13 @@ class LinearFit(StrictModel):
         "candidate ridge strengths; the one with the least cross-validated error on the fitted samples is used"))
     solver: Literal["dp", "milp"] = Field("milp", description="the knapsack over α_l · err_l(b) (both exact at "
                                                               "these sizes; dp coarsens huge budgets)")
+    fit: Literal["random", "probe"] = Field("random", description=(
+        "random: fit β_l on the measured random configurations; probe: measure each layer alone (the others "
+        "unquantized) at the probed levels, α_l by least squares through the origin of its KL on its errors "
+        "(HIGGS's per-layer calibration), the measured KL where probed; the random samples then only test "
+        "the model on joint configurations"))
+    probe_bits: tuple[Bits, ...] = Field((), description=(
+        "probe: the widths probed (every group size of levels at each); empty: every level"))
 
     @field_validator("ridge")
     @classmethod
@@ -215,6 +222,9 @@ class LevelsConfig(StrictModel):
         "the per-layer quantizer; the default is the best `quantize` configuration measured (act-order with "
         "static groups: no g_idx, so no extra storage)"))
     group_size: GroupSize = Field(128, description="input columns sharing a scale; null or -1: per-channel")
+    group_sizes: tuple[GroupSize, ...] = Field((), description=(
+        "more group sizes: every width is also quantized at each of these, so the levels are all (width, group "
+        "size) pairs, ordered by width then by falling group size (rising stored size); empty: group_size only"))
     symmetric: bool = False
     mse_clip: bool = Field(True, description="search a clipped range minimising |W - Q(W)|^2.4 per group "
                                              "(as `quantize`'s mse_clip)")
@@ -228,6 +238,26 @@ class LevelsConfig(StrictModel):
         if len(bits) < 1 or len(set(bits)) != len(bits):
             raise ValueError(f"expected distinct widths; got {list(bits)}")
         return tuple(sorted(bits))
+
+    @field_validator("group_sizes")
+    @classmethod
+    def _distinct_groups(cls, sizes: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        if len(set(sizes)) != len(sizes):
+            raise ValueError(f"expected distinct group sizes; got {list(sizes)}")
+        return sizes
+
+    @model_serializer(mode="wrap")
+    def _omit_no_extra_groups(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)  # a spec without extra group sizes hashes as before the field existed
+        if not data.get("group_sizes"):
+            data.pop("group_sizes", None)
+        return data
+
+    def grid(self) -> tuple[tuple[int, int | None], ...]:
+        """The levels as (bits, group size) pairs in level order; None: per-channel (the largest group)."""
+        groups = list(dict.fromkeys((self.group_size, *self.group_sizes)))
+        pairs = [(b, g) for b in self.bits for g in groups]
+        return tuple(sorted(pairs, key=lambda p: (p[0], -(p[1] or 2 ** 62))))
 
 
 class ReportConfig(StrictModel):
@@ -278,6 +308,12 @@ class SearchSpec(JobSpecBase):
                 raise ValueError(f"budget.bits_per_weight: {budget.bits_per_weight} is above the largest level "
                                  f"({bits[-1]} bits), so there is nothing to search; expected "
                                  f"{bits[0]} <= bits_per_weight <= {bits[-1]}")
+        fit = self.method if isinstance(self.method, LinearMethod) else (
+            self.method.linear if isinstance(self.method, EvoMethod) and self.method.init == "linear" else None)
+        where = "method" if isinstance(self.method, LinearMethod) else "method.linear"
+        for b in fit.probe_bits if fit is not None else ():
+            if b not in bits:
+                raise ValueError(f"{where}.probe_bits: {b} is not a level; expected some of levels.bits {list(bits)}")
         if isinstance(budget, EffectiveBitsBudget) and budget.bits_per_weight < bits[0]:
             raise ValueError(f"budget.bits_per_weight: {budget.bits_per_weight} effective bits is below the smallest "
                              f"level's codes alone ({bits[0]} bits); expected more than {bits[0]} (scales and zero "

@@ -27,7 +27,25 @@ def _db(shapes: list[tuple[int, int]], bits: tuple[int, ...] = BITS, group: int 
                              act_order=False) for b in bits)
         layers.append(LayerLevels(name=f"model.layers.{i}.proj", block=i, shape=(out_f, in_f), transposed=False,
                                   bias=False, group_size=group, input_trace=1.0, levels=levels))
-    return LevelDB(path=Path("."), bits=bits, symmetric=False, method={"type": "gptq"}, layers=tuple(layers))
+    return LevelDB(path=Path("."), grid=tuple((b, group) for b in bits), symmetric=False, method={"type": "gptq"},
+                   layers=tuple(layers), group_size=group)
+
+
+def _grid_db(shapes: list[tuple[int, int]], grid: tuple[tuple[int, int], ...]) -> LevelDB:
+    """A database with several group sizes: storage = codes + fp16 scale and a `bits`-wide zero per group."""
+    layers = []
+    for i, (out_f, in_f) in enumerate(shapes):
+        levels = tuple(Level(bits=b, storage_bits=out_f * in_f * b + out_f * (in_f // g) * (16 + b),
+                             effective_bits=b + (16 + b) / g, rel_error=2.0 ** -b * 64 / g, weight_sq_error=1.0,
+                             act_order=False, group_size=g) for b, g in grid)
+        layers.append(LayerLevels(name=f"model.layers.{i}.proj", block=i, shape=(out_f, in_f), transposed=False,
+                                  bias=False, group_size=grid[0][1], input_trace=1.0, levels=levels))
+    return LevelDB(path=Path("."), grid=grid, symmetric=False, method={"type": "gptq"}, layers=tuple(layers),
+                   group_size=grid[0][1])
+
+
+def _costs(db: LevelDB) -> list[list[int]]:
+    return [[lv.storage_bits for lv in layer.levels] for layer in db.layers]
 
 
 def _spec(**fields) -> SearchSpec:
@@ -41,13 +59,12 @@ def test_mutations_keep_the_budget_exactly() -> None:
     db = _db([(64, 64)] * 6 + [(128, 64)] * 4 + [(64, 192)] * 3 + [(32, 32)])
     groups = evo.equal_size_groups(db)
     assert sorted(len(g) for g in groups) == [3, 4, 6]  # the lone 32x32 layer cannot swap with anyone
-    bits = [[lv.bits for lv in layer.levels] for layer in db.layers]
     rng = random.Random(0)
     parent = [rng.randrange(len(BITS)) for _ in db.layers]
     nominal, stored = db.nominal_bits(parent), db.storage_bits(parent)
     changed = 0
     for _ in range(500):
-        child = evo.mutate(parent, groups, bits, rng, max_switches=3)
+        child = evo.mutate(parent, groups, _costs(db), rng, max_switches=3)
         assert db.nominal_bits(child) == nominal
         assert db.storage_bits(child) == stored
         assert all(0 <= lv < len(BITS) for lv in child)
@@ -59,14 +76,43 @@ def test_mutations_keep_the_budget_exactly() -> None:
 def test_a_mutation_switches_one_layer_up_and_one_down_inside_a_group() -> None:
     db = _db([(64, 64)] * 3 + [(128, 64)] * 2)
     groups = evo.equal_size_groups(db)
-    bits = [[lv.bits for lv in layer.levels] for layer in db.layers]
     parent = [1, 1, 1, 2, 2]
     for seed in range(50):
-        child = evo.level_switch(parent, groups, bits, random.Random(seed))
+        child = evo.level_switch(parent, groups, _costs(db), random.Random(seed))
         diff = [c - p for c, p in zip(child, parent)]
         assert sorted(diff) == [-1, 0, 0, 0, 1]
         moved = [i for i, d in enumerate(diff) if d]
         assert any(set(moved) <= set(g) for g in groups)
+
+
+GRID = ((2, 64), (2, 32), (3, 128), (3, 64), (3, 32), (4, 128), (4, 64))
+
+
+def test_with_several_group_sizes_mutations_move_between_them_and_never_exceed_the_parents_size() -> None:
+    db = _grid_db([(64, 128)] * 8 + [(128, 128)] * 4, GRID)
+    groups, costs = evo.equal_size_groups(db), _costs(db)
+    rng = random.Random(1)
+    parent = [GRID.index((3, 64))] * len(db.layers)  # uniform: no exact switch exists, only repairs move it
+    cap = db.storage_bits(parent)
+    seen: set[int] = set()
+    for _ in range(300):
+        child = evo.mutate(parent, groups, costs, rng, max_switches=3, repair_rate=0.5, cap=cap)
+        assert db.storage_bits(child) <= cap
+        assert all(0 <= lv < len(GRID) for lv in child)
+        seen |= set(child)
+        parent = child
+    assert len(seen) >= 5  # it reaches most levels, group sizes included
+    assert db.storage_bits(parent) >= cap - max(c[-1] - c[0] for c in costs)  # the budget does not drain away
+
+
+def test_a_repair_raises_one_layer_and_lowers_others_of_its_group_until_within_the_parent() -> None:
+    db = _grid_db([(64, 128)] * 4, GRID)
+    costs = _costs(db)
+    parent = [GRID.index((3, 64))] * 4
+    for seed in range(30):
+        child = evo.level_switch(parent, evo.equal_size_groups(db), costs, random.Random(seed), repair=True)
+        assert db.storage_bits(child) <= db.storage_bits(parent)
+        assert max(c - p for c, p in zip(child, parent)) >= 1 and min(c - p for c, p in zip(child, parent)) <= -1
 
 
 def test_evo_state_round_trips_through_json() -> None:

@@ -2,7 +2,8 @@
 
 Each generation the parent makes λ children by level-switch mutation (one layer of a group of
 equal-size layers goes up a level, another of the same group goes down by the same number of bits,
-so the budget holds exactly); multi-step selection scores them on fresh random calibration sequences,
+so the budget holds exactly; with several group sizes, by a repair that keeps the total within the
+parent's); multi-step selection scores them on fresh random calibration sequences,
 keeping fewer survivors on more tokens at each stage; the parent re-enters at the last stage and the
 best candidate becomes the next parent. Fitness is KL(reference || candidate) per token.
 """
@@ -38,35 +39,75 @@ def equal_size_groups(db: LevelDB) -> list[list[int]]:
     return [g for g in groups.values() if len(g) > 1]
 
 
-def level_switch(allocation: list[int], groups: list[list[int]], bits: list[list[int]],
-                 rng: random.Random, tries: int = 100) -> list[int] | None:
-    """One switch: layer u of a group up one level, layer d of the same group down by the same bits."""
+def level_switch(allocation: list[int], groups: list[list[int]], costs: list[list[int]],
+                 rng: random.Random, tries: int = 100, repair: bool = False, cap: int | None = None,
+                 ) -> list[int] | None:
+    """One switch: layer u of a group up one level, layer d of the same group down by the same stored bits
+    (EvoPress's switch; with one group size the steps between widths are equal, so one usually exists).
+
+    `repair` (or when no exact switch is found in `tries`): u goes up one level, then random other layers of
+    its group go down one level at a time until the total is within `cap` (default: the parent's total), then
+    random layers of the group that still fit go up. With several group sizes a step rarely has an exact
+    counterpart, so this is how an allocation moves between them."""
+    total = sum(c[lv] for c, lv in zip(costs, allocation)) if cap is None else cap
+    candidate = None
     for _ in range(tries):
         group = rng.choice(groups)
-        ups = [i for i in group if allocation[i] + 1 < len(bits[i])]
+        ups = [i for i in group if allocation[i] + 1 < len(costs[i])]
         if not ups:
             continue
         u = rng.choice(ups)
-        step = bits[u][allocation[u] + 1] - bits[u][allocation[u]]
+        candidate = (group, u)
+        if repair:
+            break
+        step = costs[u][allocation[u] + 1] - costs[u][allocation[u]]
         downs = [i for i in group if i != u and allocation[i] > 0
-                 and bits[i][allocation[i]] - bits[i][allocation[i] - 1] == step]
+                 and costs[i][allocation[i]] - costs[i][allocation[i] - 1] == step]
+        if downs:
+            child = list(allocation)
+            child[u] += 1
+            child[rng.choice(downs)] -= 1
+            return child
+    if candidate is None:
+        return None
+    group, u = candidate
+    child = list(allocation)
+    child[u] += 1
+    return _repair(child, group, u, costs, total, rng)
+
+
+def _repair(child: list[int], group: list[int], raised: int, costs: list[list[int]], cap: int,
+            rng: random.Random) -> list[int] | None:
+    """Lower random other layers of `group` one level at a time until the total is within `cap`, then raise
+    random layers of the group (not back the lowered ones) while they fit; None when it cannot get within."""
+    total = sum(c[lv] for c, lv in zip(costs, child))
+    lowered: set[int] = set()
+    while total > cap:
+        downs = [i for i in group if i != raised and child[i] > 0]
         if not downs:
-            continue
+            return None
         d = rng.choice(downs)
-        child = list(allocation)
-        child[u] += 1
+        total -= costs[d][child[d]] - costs[d][child[d] - 1]
         child[d] -= 1
-        return child
-    return None
+        lowered.add(d)
+    while True:
+        fits = [i for i in group if i not in lowered and child[i] + 1 < len(costs[i])
+                and total + costs[i][child[i] + 1] - costs[i][child[i]] <= cap]
+        if not fits:
+            return child
+        i = rng.choice(fits)
+        total += costs[i][child[i] + 1] - costs[i][child[i]]
+        child[i] += 1
 
 
-def mutate(allocation: list[int], groups: list[list[int]], bits: list[list[int]], rng: random.Random,
-           max_switches: int) -> list[int]:
-    """A child with 1..max_switches level switches (EvoPress's mutation); equal to the parent only if
-    no switch is possible at all."""
+def mutate(allocation: list[int], groups: list[list[int]], costs: list[list[int]], rng: random.Random,
+           max_switches: int, repair_rate: float = 0.0, cap: int | None = None) -> list[int]:
+    """A child with 1..max_switches level switches (EvoPress's mutation), each a repair (within `cap`, default
+    the parent's total) with probability `repair_rate`; equal to the parent only if no switch is possible."""
     child = list(allocation)
     for _ in range(rng.randint(1, max_switches)):
-        switched = level_switch(child, groups, bits, rng)
+        switched = level_switch(child, groups, costs, rng, repair=repair_rate > 0 and rng.random() < repair_rate,
+                                cap=cap)
         if switched is None:
             break
         child = switched
@@ -141,21 +182,25 @@ def load_state(checkpoint: Path, db_key: str, n_layers: int) -> EvoState:
 def evolve(method: EvoMethod, db: LevelDB, start: list[int], pool: Any, n_sequences: int, seed: int,
            db_key: str, log_metrics: Callable[[dict[str, float], int], None],
            save_checkpoint: Callable[[dict[str, Any], int], None], resume: EvoState | None = None,
-           progress: Any = None) -> EvoState:
+           progress: Any = None, cap: int | None = None) -> EvoState:
     """Run `method.generations` generations from `start` (or from `resume`); returns the final state.
 
     `pool.map("kl", items)` scores candidates; `save_checkpoint(state_json, generation)` is called every
-    `method.checkpoint_every` generations.
+    `method.checkpoint_every` generations. `cap`: the budget in stored bits (default: the start's), which
+    repairs keep children within.
     """
     groups = equal_size_groups(db)
-    bits = [[lv.bits for lv in layer.levels] for layer in db.layers]
+    costs = [[lv.storage_bits for lv in layer.levels] for layer in db.layers]
+    repair_rate = 0.0 if db.single_group else 0.5  # exact switches between group sizes are rare
+    cap = sum(c[lv] for c, lv in zip(costs, start)) if cap is None else cap
     rng = random.Random(seed)
     state = resume or EvoState(generation=0, parent=list(start), evaluations=0, rng_state=rng.getstate())
     rng.setstate(state.rng_state)
     if not groups:
         log.warning("evo: no two layers share a size, so no level switch keeps the budget; keeping the start")
     while state.generation < method.generations and groups:
-        children = [mutate(state.parent, groups, bits, rng, method.max_switches) for _ in range(method.offspring)]
+        children = [mutate(state.parent, groups, costs, rng, method.max_switches, repair_rate, cap)
+                    for _ in range(method.offspring)]
         candidates = children
         best, best_kl = state.parent, float("nan")
         for s, stage in enumerate(method.stages):

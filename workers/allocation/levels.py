@@ -3,12 +3,16 @@
 Built once per (model, calibration data, level settings) and stored as a derived artifact that every
 search, sweep and rerun on the same inputs reuses. Layout of the directory::
 
-    levels.json               {"bits", "method", "group_size", "symmetric", "mse_clip", "layers": [
-                                 {"name", "block", "shape": [out, in], "numel", "transposed", "bias",
-                                  "input_trace": Tr(H_in), "levels": [{"bits", "storage_bits",
-                                  "effective_bits", "rel_error", "weight_sq_error", "act_order"}]}]}
-    level-<bits>.safetensors  per layer `<name>.qweight`, `.scales`, `.qzeros`, `.g_idx` (packed codes)
+    levels.json               {"bits", "grid": [[bits, group size], ...], "method", "group_size", "symmetric",
+                               "mse_clip", "layers": [{"name", "block", "shape": [out, in], "numel", "transposed",
+                                  "bias", "input_trace": Tr(H_in), "levels": [{"bits", "group_size",
+                                  "storage_bits", "effective_bits", "rel_error", "weight_sq_error", "act_order"}]}]}
+    level-<bits>.safetensors  per layer `<name>.qweight`, `.scales`, `.qzeros`, `.g_idx` (packed codes) at
+                              `group_size`; `level-<bits>g<group>.safetensors` (`gc`: per-channel) at each of
+                              `group_sizes`
     artifact.json
+
+Levels are the (bits, group size) pairs of `LevelsConfig.grid()`: by width, then by falling group size.
 
 All levels of a layer come from the same input Hessian. Block k's Hessians are taken on the inputs the
 unquantized blocks before it produce: at database time the levels of earlier layers are not chosen yet,
@@ -52,6 +56,10 @@ class Level:
     rel_error: float  # ||(W - Ŵ) X||² / ||W X||² on the calibration inputs
     weight_sq_error: float  # ||W - Ŵ||²
     act_order: bool
+    group_size: int | None = None  # input columns per group of this level; None: the layer's group_size
+
+    def label(self) -> str:
+        return f"{self.bits}bit" if self.group_size is None else f"{self.bits}bit-g{self.group_size}"
 
 
 @dataclass(frozen=True)
@@ -69,14 +77,39 @@ class LayerLevels:
     def numel(self) -> int:
         return self.shape[0] * self.shape[1]
 
+    def level_group_size(self, level: int) -> int:
+        return self.levels[level].group_size or self.group_size
+
 
 @dataclass(frozen=True)
 class LevelDB:
     path: Path
-    bits: tuple[int, ...]
+    grid: tuple[tuple[int, int | None], ...]  # (bits, configured group size) of each level
     symmetric: bool
     method: dict[str, Any]
     layers: tuple[LayerLevels, ...]
+    group_size: int | None = None  # the configured main group size (files without a g<group> suffix)
+
+    @property
+    def bits(self) -> tuple[int, ...]:
+        """The width of each level (repeated when there are several group sizes)."""
+        return tuple(b for b, _ in self.grid)
+
+    @property
+    def single_group(self) -> bool:
+        return all(g == self.group_size for _, g in self.grid)
+
+    def level_name(self, level: int) -> str:
+        """`3bit`, or `3bit-g32` when the database has several group sizes."""
+        bits, group = self.grid[level]
+        return f"{bits}bit" if self.single_group else f"{bits}bit-g{group or 'c'}"
+
+    def level_index(self, bits: int, group_size: int | None = None) -> int:
+        """The level of `bits` at `group_size` (default: the main one); ValueError when there is none."""
+        return self.grid.index((bits, self.group_size if group_size is None else group_size))
+
+    def level_file(self, level: int) -> Path:
+        return _level_file(self.path, *self.grid[level], self.group_size)
 
     @property
     def names(self) -> list[str]:
@@ -99,6 +132,11 @@ class LevelDB:
     def bits_of(self, allocation: list[int]) -> dict[str, int]:
         return {layer.name: layer.levels[lv].bits for layer, lv in zip(self.layers, allocation)}
 
+    def levels_of(self, allocation: list[int]) -> dict[str, dict[str, int]]:
+        """Per layer: its bits and (resolved) group size under `allocation`."""
+        return {layer.name: {"bits": layer.levels[lv].bits, "group_size": layer.level_group_size(lv)}
+                for layer, lv in zip(self.layers, allocation)}
+
 
 def level_db_key(model_digest: str, calibration_digest: str, cfg: LevelsConfig, modules: dict[str, Any]) -> str:
     """sha256 over the data and settings the database's content depends on.
@@ -112,17 +150,19 @@ def level_db_key(model_digest: str, calibration_digest: str, cfg: LevelsConfig, 
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def _level_file(directory: Path, bits: int) -> Path:
-    return directory / f"level-{bits}.safetensors"
+def _level_file(directory: Path, bits: int, group: int | None, main_group: int | None) -> Path:
+    suffix = "" if group == main_group else f"g{group or 'c'}"
+    return directory / f"level-{bits}{suffix}.safetensors"
 
 
 def write_level_db(directory: Path, cfg: LevelsConfig, layers: list[LayerLevels],
-                   packed: dict[int, dict[str, Tensor]], meta: dict[str, Any]) -> None:
-    """Write `levels.json`, one safetensors file per width, and `artifact.json` into `directory`."""
-    for bits, tensors in packed.items():
-        save_tensors({k: v.contiguous() for k, v in tensors.items()}, _level_file(directory, bits),
-                     metadata={"bits": str(bits)})
-    doc = {"bits": list(cfg.bits), "method": cfg.method.model_dump(mode="json"),
+                   packed: dict[tuple[int, int | None], dict[str, Tensor]], meta: dict[str, Any]) -> None:
+    """Write `levels.json`, one safetensors file per level, and `artifact.json` into `directory`."""
+    for (bits, group), tensors in packed.items():
+        save_tensors({k: v.contiguous() for k, v in tensors.items()}, _level_file(directory, bits, group,
+                                                                                  cfg.group_size),
+                     metadata={"bits": str(bits), "group_size": str(group)})
+    doc = {"bits": list(cfg.bits), "grid": [list(p) for p in cfg.grid()], "method": cfg.method.model_dump(mode="json"),
            "group_size": cfg.group_size, "symmetric": cfg.symmetric, "mse_clip": cfg.mse_clip,
            "layers": [{"name": x.name, "block": x.block, "shape": list(x.shape), "numel": x.numel,
                        "transposed": x.transposed, "bias": x.bias, "group_size": x.group_size,
@@ -139,19 +179,24 @@ def load_level_db(directory: str | Path) -> LevelDB:
                     bias=x["bias"], group_size=x["group_size"], input_trace=x["input_trace"],
                     levels=tuple(Level(**lv) for lv in x["levels"]))
         for x in doc["layers"])
-    return LevelDB(path=directory, bits=tuple(doc["bits"]), symmetric=doc["symmetric"], method=doc["method"],
-                   layers=layers)
+    grid = tuple(tuple(p) for p in doc.get("grid", [[b, doc["group_size"]] for b in doc["bits"]]))
+    return LevelDB(path=directory, grid=grid, symmetric=doc["symmetric"], method=doc["method"], layers=layers,
+                   group_size=doc["group_size"])
 
 
 def quantize_levels(name: str, weight: Tensor, hessian: Tensor | None, cfg: LevelsConfig, group_size: int,
-                    quantize_fn: QuantizeFn) -> tuple[list[Level], dict[int, dict[str, Tensor]], list[str]]:
-    """One layer at every width of `cfg.bits` from the same Hessian: (levels, packed buffers per width, warnings)."""
+                    quantize_fn: QuantizeFn,
+                    ) -> tuple[list[Level], dict[tuple[int, int | None], dict[str, Tensor]], list[str]]:
+    """One layer at every level of `cfg.grid()` from the same Hessian: (levels, packed buffers per level,
+    warnings). `group_size` is the layer's resolved main group size (in_features when per-channel)."""
     levels: list[Level] = []
-    packed: dict[int, dict[str, Tensor]] = {}
+    packed: dict[tuple[int, int | None], dict[str, Tensor]] = {}
     warnings: list[str] = []
-    for bits in cfg.bits:
-        qw, warn = quantize_fn(weight, hessian, cfg.method, bits, group_size, cfg.symmetric, cfg.mse_clip)
-        warnings += [f"{bits} bits: {w}" for w in warn]
+    single = not cfg.group_sizes
+    for bits, group in cfg.grid():
+        columns = group_size if group == cfg.group_size else (group or weight.shape[1])
+        qw, warn = quantize_fn(weight, hessian, cfg.method, bits, columns, cfg.symmetric, cfg.mse_clip)
+        warnings += [f"{bits} bits, group {columns}: {w}" for w in warn]
         layer = QuantizedLinear.from_quantized(qw)
         w_hat = qw.dequantize()
         rel = output_relative_error(weight, w_hat, hessian) if hessian is not None else float("nan")
@@ -159,8 +204,10 @@ def quantize_levels(name: str, weight: Tensor, hessian: Tensor | None, cfg: Leve
                             effective_bits=layer.effective_bits_per_weight(),
                             rel_error=rel if math.isfinite(rel) else float(((weight - w_hat) ** 2).sum()
                                                                             / (weight ** 2).sum().clamp(min=1e-30)),
-                            weight_sq_error=float(((weight - w_hat) ** 2).sum()), act_order=qw.g_idx is not None))
-        packed[bits] = {f"{name}.{k}": v for k, v in layer.state_dict().items() if v is not None and k != "bias"}
+                            weight_sq_error=float(((weight - w_hat) ** 2).sum()), act_order=qw.g_idx is not None,
+                            group_size=None if single else columns))
+        packed[(bits, group)] = {f"{name}.{k}": v for k, v in layer.state_dict().items()
+                                 if v is not None and k != "bias"}
     return levels, packed, warnings
 
 
@@ -180,9 +227,10 @@ class LevelWeights:
     def packed_layer(self, index: int, level: int, bias: Tensor | None = None) -> QuantizedLinear:
         layer, lv = self.db.layers[index], self.db.layers[index].levels[level]
         out_f, in_f = layer.shape
-        q = QuantizedLinear(in_f, out_f, lv.bits, layer.group_size, self.db.symmetric, has_g_idx=lv.act_order,
-                            bias=bias is not None, bias_dtype=bias.dtype if bias is not None else torch.float32)
-        with safe_open(str(_level_file(self.db.path, lv.bits)), framework="pt") as f:
+        q = QuantizedLinear(in_f, out_f, lv.bits, layer.level_group_size(level), self.db.symmetric,
+                            has_g_idx=lv.act_order, bias=bias is not None,
+                            bias_dtype=bias.dtype if bias is not None else torch.float32)
+        with safe_open(str(self.db.level_file(level)), framework="pt") as f:
             state = {k: f.get_tensor(f"{layer.name}.{k}") for k in ("qweight", "scales", "qzeros", "g_idx")
                      if f"{layer.name}.{k}" in f.keys()}
         if bias is not None:
@@ -222,9 +270,9 @@ class AllocationModel:
 
     @torch.no_grad()
     def apply(self, allocation: list[int] | None) -> nn.Module:
-        """Set the allocation's weights (None: the unquantized model) and return the model."""
+        """Set the allocation's weights (None, or None for one layer: unquantized) and return the model."""
         for i, module in enumerate(self.modules):
-            level = None if allocation is None else int(allocation[i])
+            level = None if allocation is None or allocation[i] is None else int(allocation[i])
             if level == self.current[i]:
                 continue
             w = self.dense_weights[i] if level is None else self.weights.dense(i, level)
@@ -248,7 +296,7 @@ def build_level_db(directory: Path, model: nn.Module, plans: dict[str, LayerPlan
     quantize_fn = method_for(cfg.method.type)
     device = torch.device("cpu")
     layers: list[LayerLevels] = []
-    packed: dict[int, dict[str, Tensor]] = {b: {} for b in cfg.bits}
+    packed: dict[tuple[int, int | None], dict[str, Tensor]] = {p: {} for p in cfg.grid()}
     started, quantizing = time.perf_counter(), 0.0
     for k, block, calls in sequential_blocks(model, architecture_layout(model), batches, device):
         targets = block_layers(model, plans, k)
@@ -262,8 +310,8 @@ def build_level_db(directory: Path, model: nn.Module, plans: dict[str, LayerPlan
             quantizing += time.perf_counter() - t0
             for w in warnings:
                 log.warning("%s: %s", name, w)
-            for bits, t in tensors.items():
-                packed[bits].update(t)
+            for level, t in tensors.items():
+                packed[level].update(t)
             trace = float(torch.diagonal(hessian).sum()) if hessian is not None else float(weight.shape[1])
             layers.append(LayerLevels(name=name, block=k, shape=tuple(weight.shape), transposed=plan.transposed,
                                       bias=getattr(module, "bias", None) is not None, group_size=plan.group_size,

@@ -119,3 +119,28 @@ def correlations(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float
 
     return {"pearson": float(pearsonr(predicted, measured)[0]),
             "spearman": float(spearmanr(predicted, measured)[0])}
+
+
+def probe_configurations(n_layers: int, levels: Sequence[int]) -> list[tuple[int, int]]:
+    """(layer, level) of every single-layer probe: that layer at that level, every other layer unquantized."""
+    return [(layer, level) for layer in range(n_layers) for level in levels]
+
+
+def probe_losses(errors: np.ndarray, probes: Sequence[tuple[int, int]], measured: Sequence[float],
+                 ) -> tuple[np.ndarray, list[list[float]]]:
+    """(α, losses) from single-layer probes: α_l by least squares through the origin of layer l's measured KL on
+    its errors at the probed levels (the linearity theorem's per-layer weight), losses[l][b] the measured KL where
+    (l, b) was probed and α_l · err_l(b) elsewhere. Negative measurements (numerical noise) count as 0."""
+    n_layers = errors.shape[0]
+    num, den = np.zeros(n_layers), np.zeros(n_layers)
+    known: dict[tuple[int, int], float] = {}
+    for (layer, level), kl in zip(probes, measured):
+        kl = max(float(kl), 0.0)
+        known[(layer, level)] = kl
+        num[layer] += kl * errors[layer, level]
+        den[layer] += errors[layer, level] ** 2
+    alpha = np.where(den > 0, num / np.maximum(den, 1e-300), 0.0)
+    table = alpha[:, None] * errors
+    for (layer, level), kl in known.items():
+        table[layer, level] = kl
+    return alpha, table.tolist()

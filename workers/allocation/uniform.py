@@ -26,13 +26,15 @@ from .levels import CALIBRATION_SEED
 log = logging.getLogger(__name__)
 
 
-def uniform_quantize_spec(spec: SearchSpec, bits: int) -> QuantizeSpec:
-    """The `quantize` job every layer at `bits` with the search's level settings and calibration windows."""
+def uniform_quantize_spec(spec: SearchSpec, bits: int, group_size: Any = ...) -> QuantizeSpec:
+    """The `quantize` job every layer at `bits` (and `group_size`, default the levels' main one) with the
+    search's level settings and calibration windows (None: per-channel)."""
     levels = spec.levels
+    group_size = levels.group_size if group_size is ... else group_size
     return QuantizeSpec.model_validate({
         "kind": "quantize", "seed": CALIBRATION_SEED,
         "inputs": {"model": spec.inputs.model, "calibration": spec.inputs.calibration},
-        "method": levels.method.model_dump(mode="json"), "bits": bits, "group_size": levels.group_size,
+        "method": levels.method.model_dump(mode="json"), "bits": bits, "group_size": group_size,
         "symmetric": levels.symmetric, "mse_clip": levels.mse_clip,
         "calibration": {"sequences": levels.sequences, "seq_len": levels.seq_len, "split": "calibration",
                         "batch_size": levels.batch_size},
